@@ -1,0 +1,75 @@
+"""Training-pair samplers for implicit feedback (numpy, deterministic by step).
+
+A batch is a pure function of (seed, step): epoch e is a fresh permutation of
+the positive pairs and step s takes slice s % steps_per_epoch of it. So a run
+resumed from a checkpoint at step s continues the same epoch with the same
+batches, with no iterator state to save.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class PairSampler:
+  """Samples (user, positive item, negatives) batches of static shape.
+
+  Args:
+    users, items: int arrays [P] of positive training pairs.
+    num_items: size of the item index space.
+    batch_size: B (the last partial batch of an epoch is dropped, so every
+      batch has the same shape and the step compiles once).
+    num_negatives: M.
+    shared_negatives: if True, one set of M uniform negatives per batch
+      (`neg` [M], for sampled softmax); else M per example, rejected if they
+      are positives of that user (`neg` [B, M], or [B] when M == 1, for BPR).
+    seed: base seed.
+  """
+
+  def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int,
+               batch_size: int, num_negatives: int = 1,
+               shared_negatives: bool = False, seed: int = 0):
+    if len(users) < batch_size:
+      raise ValueError(f'batch_size {batch_size} exceeds the {len(users)} '
+                       'training pairs; lower train.batch_size')
+    self.users = np.asarray(users, np.int32)
+    self.items = np.asarray(items, np.int32)
+    self.num_items = num_items
+    self.batch_size = batch_size
+    self.num_negatives = num_negatives
+    self.shared = shared_negatives
+    self.seed = seed
+    self._keys = np.unique(self.users.astype(np.int64) << 32 | self.items)
+    self._perm_epoch, self._perm = -1, None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.users) // self.batch_size
+
+  def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    key = users.astype(np.int64) << 32 | items
+    pos = np.searchsorted(self._keys, key)
+    return self._keys[np.minimum(pos, len(self._keys) - 1)] == key
+
+  def batch(self, step: int) -> dict:
+    """The batch for global step `step`: dict of int32 arrays."""
+    epoch, offset = divmod(step, self.steps_per_epoch)
+    if epoch != self._perm_epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._perm, self._perm_epoch = rng.permutation(len(self.users)), epoch
+    idx = self._perm[offset * self.batch_size:(offset + 1) * self.batch_size]
+    users, pos = self.users[idx], self.items[idx]
+    rng = np.random.default_rng([self.seed, epoch, offset, 1])
+    m = self.num_negatives
+    if self.shared:
+      neg = rng.integers(0, self.num_items, size=m, dtype=np.int32)
+    else:
+      neg = rng.integers(0, self.num_items, size=(len(idx), m), dtype=np.int32)
+      for _ in range(10):  # Resample the few negatives that are positives.
+        bad = self._is_positive(np.repeat(users[:, None], m, 1), neg)
+        if not bad.any():
+          break
+        neg[bad] = rng.integers(0, self.num_items, size=int(bad.sum()))
+      if m == 1:
+        neg = neg[:, 0]
+    return dict(user=users, pos=pos, neg=neg)

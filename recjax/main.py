@@ -1,0 +1,51 @@
+"""recjax launcher: flags -> config -> train_and_evaluate(config, workdir).
+
+  python -m recjax.main --config=configs/quickstart.py --workdir=DIR \
+      [--config.train.num_epochs=5] [--mode=train|eval]
+
+The last line printed to stdout is one JSON object with the run's figures.
+"""
+
+import json
+import logging as std_logging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file with get_config().',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train (and evaluate) or evaluate the latest '
+                          'checkpoint.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # TF (tf.data, TFDS) must never grab accelerator memory JAX needs.
+  try:
+    import tensorflow as tf
+    tf.config.set_visible_devices([], 'GPU')
+  except ImportError:
+    pass
+  if os.environ.get('RECJAX_DISTRIBUTED') == '1':
+    import jax
+    jax.distributed.initialize()
+  from recjax.train import trainer
+  try:
+    result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                        mode=_MODE.value)
+  except (ValueError, FileNotFoundError, trainer.NanLossError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+  std_logging.getLogger('absl').setLevel(std_logging.INFO)
+  app.run(main)

@@ -1,0 +1,46 @@
+"""Orbax checkpointing of the train state (async, keep N, resume latest).
+
+Orbax writes each step to a temporary directory and renames it when complete,
+so a process killed mid-save leaves the previous checkpoint as the latest.
+Restores go into an abstract target that carries the shardings, so arrays
+come back already sharded over the current mesh.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+  """A CheckpointManager over `workdir/checkpoints` (created if missing)."""
+  path = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=True)
+  return ocp.CheckpointManager(path, options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: Any,
+         force: bool = False) -> None:
+  mgr.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+def restore_latest(mgr: ocp.CheckpointManager, abstract_state: Any,
+                   shardings: Any) -> tuple[Optional[int], Any]:
+  """Restores the newest complete checkpoint, or returns (None, None).
+
+  Args:
+    abstract_state: tree of ShapeDtypeStruct for the state.
+    shardings: matching tree of NamedSharding.
+  """
+  step = mgr.latest_step()
+  if step is None:
+    return None, None
+  target = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, shardings)
+  state = mgr.restore(step, args=ocp.args.StandardRestore(target))
+  return step, state

@@ -1,0 +1,258 @@
+"""`train_and_evaluate(config, workdir)`: the training loop for embedding
+retrieval models (LightGCN today) on a device mesh.
+
+Phases: data -> graph -> mesh & sharded state -> restore -> loop (jit step,
+logging, periodic eval, checkpoints) -> final evaluation. The step is a pure
+function `(state, batch, graph) -> (state, metrics)` compiled once with
+explicit in/out shardings and the state donated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from recjax import models
+from recjax.data import registry
+from recjax.data.sampling import PairSampler
+from recjax.data.schema import EVENT_INDEX, Dataset
+from recjax.graph import HeteroGraph
+from recjax.ops.spmm import CsrMatrix
+from recjax.train import checkpoint, losses, mesh as mesh_lib
+from recjax.train.evaluate import RankingEvaluator
+from recjax.train.state import TrainState, create_sharded, make_optimizer
+from recjax.train.writers import MetricWriter
+
+
+class NanLossError(FloatingPointError):
+  """Training diverged: the loss became NaN or infinite."""
+
+
+def _positive_pairs(ds: Dataset, event_types) -> tuple[np.ndarray, np.ndarray]:
+  tr = ds.train
+  mask = np.isin(tr.event, [EVENT_INDEX[e] for e in event_types])
+  key = np.unique(tr.user[mask].astype(np.int64) << 32 | tr.item[mask])
+  return (key >> 32).astype(np.int32), (key & 0xFFFFFFFF).astype(np.int32)
+
+
+def _make_loss_fn(model, cfg):
+  """Returns loss(params, batch, adj) -> (loss, aux metrics)."""
+  name = cfg.loss.name
+  if name not in ('bpr', 'softmax'):
+    raise ValueError(f"loss.name={name!r} is not one of ['bpr', 'softmax']")
+
+  def loss_fn(params, batch, adj):
+    variables = {'params': params}
+    users, items = model.apply(variables, adj)
+    u, p, n = users[batch['user']], items[batch['pos']], items[batch['neg']]
+    if name == 'bpr':
+      main = losses.bpr(u, p, n)
+    else:
+      main = losses.sampled_softmax(
+          u, p, n, temperature=cfg.loss.temperature,
+          normalize=cfg.loss.normalize, pos_ids=batch['pos'],
+          neg_ids=batch['neg'])
+    e_u, e_p = model.apply(variables, batch['user'], batch['pos'],
+                           method='layer0')
+    _, e_n = model.apply(variables, batch['user'][:1], batch['neg'],
+                         method='layer0')
+    # LightGCN's L2: squared norms of the batch's layer-0 rows / batch size.
+    reg = 0.5 * (jnp.sum(e_u**2) + jnp.sum(e_p**2) + jnp.sum(e_n**2))
+    reg = reg / batch['user'].shape[0]
+    return main + cfg.loss.l2 * reg, dict(loss=main, reg=reg)
+
+  return loss_fn
+
+
+def _prepare(config, ds: Dataset, mesh):
+  """Graph, model and sampler for a retrieval model on `ds`."""
+  events = tuple(config.data.event_types)
+  graph = HeteroGraph.from_dataset(ds, event_types=events)
+  rows, cols, w, n = graph.normalized_bipartite(events, pad_to=mesh.size)
+  adj = CsrMatrix.from_coo(rows, cols, w, (n, n))
+  adj = jax.device_put(adj, mesh_lib.replicated(mesh))
+  sizes = dict(num_users=ds.num_users, num_items=ds.num_items, num_nodes=n)
+  model = models.get(config.model.name)(config.model, sizes)
+  users, items = _positive_pairs(ds, events)
+  shared = config.loss.name == 'softmax'
+  sampler = PairSampler(users, items, ds.num_items, config.train.batch_size,
+                        num_negatives=config.loss.num_negatives,
+                        shared_negatives=shared, seed=config.seed)
+  return graph, adj, model, sampler
+
+
+def _evaluator(config, ds: Dataset, sampler: PairSampler) -> RankingEvaluator:
+  return RankingEvaluator(
+      sampler.users, sampler.items, ds.test.user, ds.test.item,
+      ds.num_users, ds.num_items, ks=tuple(config.eval.ks),
+      batch_size=config.eval.batch_size, exclude_users=ds.cold_users)
+
+
+def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
+  """Trains (resuming from the latest checkpoint) and evaluates.
+
+  Args:
+    config: ml_collections ConfigDict (see configs/quickstart.py).
+    workdir: where checkpoints, metrics.jsonl, TensorBoard events and
+      config.json go.
+    mode: 'train' (train, then evaluate) or 'eval' (evaluate the latest
+      checkpoint).
+
+  Returns:
+    A flat dict of summary figures (devices, mesh, steps, train_s and the
+    evaluation metrics), what recjax.main prints as its last line.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # ---------------------------------------------------------------- data
+  t0 = time.perf_counter()
+  ds = registry.load_dataset(config.data)
+  mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  graph, adj, model, sampler = _prepare(config, ds, mesh)
+  evaluator = _evaluator(config, ds, sampler)
+  data_s = time.perf_counter() - t0
+  logging.info('data %s graph %s in %.1fs', ds.summary(), graph.summary(),
+               data_s)
+
+  spe = sampler.steps_per_epoch
+  total = (config.train.num_steps if config.train.num_steps > 0
+           else config.train.num_epochs * spe)
+  tx = make_optimizer(config.optimizer, total)
+
+  # ---------------------------------------------------- sharded state
+  def init_fn(rng):
+    ids = jnp.zeros((1,), jnp.int32)   # Init needs no propagation.
+    params = model.init(rng, ids, ids, method='layer0')['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+
+  rng = jax.random.key(config.seed)
+  state, abstract, shardings = create_sharded(init_fn, rng, mesh, rules)
+  mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+  restored_step, restored = checkpoint.restore_latest(mgr, abstract,
+                                                      shardings)
+  if restored is not None:
+    state = restored
+    logging.info('resumed from step %d', restored_step)
+  start = int(jax.device_get(state.step))
+
+  # ------------------------------------------------------------ step
+  loss_fn = _make_loss_fn(model, config)
+
+  def train_step(state, batch, adj):
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, aux), grads = grad_fn(state.params, batch, adj)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, opt_state), aux
+
+  bs = mesh_lib.batch_sharding(mesh, rules)
+  rep = mesh_lib.replicated(mesh)
+  neg_sharding = rep if config.loss.name == 'softmax' else bs
+  batch_shardings = dict(user=bs, pos=bs, neg=neg_sharding)
+  step_fn = jax.jit(train_step,
+                    in_shardings=(shardings, batch_shardings, rep),
+                    out_shardings=(shardings, rep), donate_argnums=0)
+  embed_fn = jax.jit(lambda params, adj: model.apply({'params': params}, adj))
+
+  def evaluate(state):
+    t = time.perf_counter()
+    users, items = embed_fn(state.params, adj)
+    out = evaluator.evaluate(users, items)
+    out['eval_s'] = time.perf_counter() - t
+    return out
+
+  # ------------------------------------------------------------ loop
+  writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
+  budget_s = config.train.budget_minutes * 60.0
+  eval_every = config.train.eval_every_epochs * spe
+  metric = config.eval.select_metric
+  best = dict(value=-math.inf, step=start)
+  history, bad_evals, train_s = [], 0, 0.0
+  step = start
+  if mode == 'train' and step < total:
+    bar = tqdm.tqdm(total=total, initial=step, desc='train', unit='step',
+                    disable=not config.train.progress or
+                    jax.process_index() != 0, mininterval=2.0)
+    t_loop = time.perf_counter()
+    pending = []
+    while step < total:
+      batch = sampler.batch(step)
+      state, aux = step_fn(state, batch, adj)
+      step += 1
+      pending.append(aux)
+      if step % config.train.log_every == 0 or step == total:
+        # One device_get per log step; metrics stay on device in between.
+        logs = jax.device_get(pending)
+        pending = []
+        mean = {k: float(np.mean([l[k] for l in logs])) for k in logs[0]}
+        if not all(np.isfinite(v) for v in mean.values()):
+          mgr.wait_until_finished()
+          raise NanLossError(
+              f'loss is {mean["loss"]} at step {step} (reg={mean["reg"]}); '
+              'training stopped. Lower optimizer.learning_rate or check the '
+              'data; the last good checkpoint is kept in '
+              f'{os.path.join(workdir, "checkpoints")}')
+        mean['epoch'] = step / spe
+        writer.write(step, mean, prefix='train/')
+        bar.set_postfix(loss=f'{mean["loss"]:.4f}')
+      bar.update(1)
+      if step % config.train.checkpoint_every_steps == 0:
+        checkpoint.save(mgr, step, state)
+      train_s = time.perf_counter() - t_loop
+      if eval_every and step % eval_every == 0 and step < total:
+        t_eval = time.perf_counter()
+        ev = evaluate(state)
+        t_loop += time.perf_counter() - t_eval   # Eval time is not train time.
+        writer.write(step, ev, prefix='eval/')
+        history.append(dict(step=step, epoch=step / spe, **{
+            k: ev[k] for k in (metric, 'ndcg@20') if k in ev}))
+        logging.info('step %d eval %s', step, json.dumps(ev))
+        if ev[metric] > best['value']:
+          best, bad_evals = dict(value=ev[metric], step=step), 0
+        else:
+          bad_evals += 1
+        if config.train.patience and bad_evals >= config.train.patience:
+          logging.info('early stop at step %d (best %s)', step, best)
+          break
+      if budget_s and train_s > budget_s:
+        logging.info('budget of %.1f min reached at step %d',
+                     config.train.budget_minutes, step)
+        break
+    bar.close()
+    checkpoint.save(mgr, step, state, force=True)
+  mgr.wait_until_finished()
+
+  # ------------------------------------------------------- final eval
+  final = evaluate(state)
+  writer.write(step, final, prefix='eval/')
+  writer.close()
+  if final[metric] > best['value']:
+    best = dict(value=final[metric], step=step)
+  params_l2 = float(sum(jnp.sum(jnp.square(x)) for x in
+                        jax.tree.leaves(state.params)))
+  return dict(
+      model=config.model.name, data=ds.name,
+      devices=jax.device_count(), mesh=mesh_lib.describe(mesh),
+      steps=step, epochs=round(step / spe, 3), steps_per_epoch=spe,
+      resumed_from=restored_step, train_s=round(train_s, 3),
+      step_s=round(train_s / max(step - start, 1), 5), data_s=round(data_s, 3),
+      **{k: round(v, 6) if isinstance(v, float) else v
+         for k, v in final.items()},
+      **{f'best_{metric}': round(best['value'], 6), 'best_step': best['step']},
+      history=history, params_l2=params_l2)
