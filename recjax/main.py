@@ -27,15 +27,13 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  # TF (tf.data, TFDS) must never grab accelerator memory JAX needs.
-  try:
+  import jax
+  if os.environ.get('RECJAX_DISTRIBUTED') == '1':
+    jax.distributed.initialize()
+  if jax.default_backend() != 'cpu':
+    # TF (tf.data, TFDS) must never grab accelerator memory JAX needs.
     import tensorflow as tf
     tf.config.set_visible_devices([], 'GPU')
-  except ImportError:
-    pass
-  if os.environ.get('RECJAX_DISTRIBUTED') == '1':
-    import jax
-    jax.distributed.initialize()
   from recjax.train import trainer
   try:
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,

@@ -65,11 +65,19 @@ class PairSampler:
       neg = rng.integers(0, self.num_items, size=m, dtype=np.int32)
     else:
       neg = rng.integers(0, self.num_items, size=(len(idx), m), dtype=np.int32)
+      rep_users = np.repeat(users[:, None], m, 1)
       for _ in range(10):  # Resample the few negatives that are positives.
-        bad = self._is_positive(np.repeat(users[:, None], m, 1), neg)
+        bad = self._is_positive(rep_users, neg)
         if not bad.any():
           break
         neg[bad] = rng.integers(0, self.num_items, size=int(bad.sum()))
+      else:
+        # Very active users: draw exactly from their complement (rare path).
+        for r, c in zip(*np.nonzero(self._is_positive(rep_users, neg))):
+          seen = self._keys[(self._keys >> 32) == users[r]] & 0xFFFFFFFF
+          free = np.setdiff1d(np.arange(self.num_items), seen)
+          if len(free):
+            neg[r, c] = free[rng.integers(len(free))]
       if m == 1:
         neg = neg[:, 0]
     return dict(user=users, pos=pos, neg=neg)

@@ -183,7 +183,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   eval_every = config.train.eval_every_epochs * spe
   metric = config.eval.select_metric
   best = dict(value=-math.inf, step=start)
-  history, bad_evals, train_s = [], 0, 0.0
+  history, bad_evals, train_s, last_loss = [], 0, 0.0, None
   step = start
   if mode == 'train' and step < total:
     bar = tqdm.tqdm(total=total, initial=step, desc='train', unit='step',
@@ -209,6 +209,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
               'data; the last good checkpoint is kept in '
               f'{os.path.join(workdir, "checkpoints")}')
         mean['epoch'] = step / spe
+        last_loss = mean['loss']
         writer.write(step, mean, prefix='train/')
         bar.set_postfix(loss=f'{mean["loss"]:.4f}')
       bar.update(1)
@@ -246,6 +247,11 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     best = dict(value=final[metric], step=step)
   params_l2 = float(sum(jnp.sum(jnp.square(x)) for x in
                         jax.tree.leaves(state.params)))
+  placement = {
+      jax.tree_util.keystr(path): dict(
+          spec=str(tuple(x.sharding.spec)),
+          shard_shape=list(x.sharding.shard_shape(x.shape)))
+      for path, x in jax.tree_util.tree_leaves_with_path(state.params)}
   return dict(
       model=config.model.name, data=ds.name,
       devices=jax.device_count(), mesh=mesh_lib.describe(mesh),
@@ -255,4 +261,5 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       **{k: round(v, 6) if isinstance(v, float) else v
          for k, v in final.items()},
       **{f'best_{metric}': round(best['value'], 6), 'best_step': best['step']},
-      history=history, params_l2=params_l2)
+      loss=last_loss, history=history, params_l2=params_l2,
+      sharding=placement)

@@ -1,0 +1,27 @@
+# recjax: `make demo` and `make test` each set everything up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock recjax/ops/csr_spmm.cc
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
+	$(BIN)/python -m recjax.ops.build
+	touch $(STAMP)
+
+demo: install
+	rm -rf runs/quickstart
+	$(BIN)/python -m recjax.main --config=configs/quickstart.py --workdir=runs/quickstart
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf runs .pytest_cache recjax/ops/_csr_spmm.so
