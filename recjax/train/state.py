@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax
@@ -18,40 +19,61 @@ class TrainState:
   opt_state: Any
 
 
-def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
-  """Optax optimiser and schedule from `config.optimizer`.
+def learning_rate(cfg: Any, progress: float) -> float:
+  """The schedule of `config.optimizer` at `progress` in [0, 1].
 
-  Fields: name ('adam' | 'adamw' | 'sgd'), learning_rate, schedule
-  ('constant' | 'cosine' | 'linear'), warmup_steps, weight_decay,
-  grad_clip_norm (0 = off).
+  The schedule is a function of progress rather than of the step so that a
+  run with a time budget (train.budget_minutes) can decay over the time it
+  actually has: the trainer passes max(step / total, elapsed / budget).
+  Fields: learning_rate, schedule ('constant' | 'cosine' | 'linear'),
+  warmup_steps is handled by the caller through `warmup`.
   """
-  lr = cfg.learning_rate
-  warm = int(cfg.get('warmup_steps', 0))
-  decay_steps = max(total_steps - warm, 1)
-  schedules = {
-      'constant': lambda: optax.constant_schedule(lr),
-      'cosine': lambda: optax.cosine_decay_schedule(lr, decay_steps, 0.0),
-      'linear': lambda: optax.linear_schedule(lr, 0.0, decay_steps),
-  }
-  if cfg.schedule not in schedules:
+  lr, p = cfg.learning_rate, min(max(progress, 0.0), 1.0)
+  shapes = {'constant': lambda: lr,
+            'cosine': lambda: lr * 0.5 * (1.0 + math.cos(math.pi * p)),
+            'linear': lambda: lr * (1.0 - p)}
+  if cfg.schedule not in shapes:
     raise ValueError(f'optimizer.schedule={cfg.schedule!r} is not one of '
-                     f'{sorted(schedules)}')
-  sched = schedules[cfg.schedule]()
-  if warm:
-    sched = optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warm), sched], [warm])
+                     f'{sorted(shapes)}')
+  return shapes[cfg.schedule]()
+
+
+def scheduled_lr(cfg: Any, step: int, total: int, elapsed_s: float = 0.0,
+                 budget_s: float = 0.0) -> float:
+  """Learning rate for `step`: linear warmup, then `learning_rate(progress)`."""
+  warm = int(cfg.get('warmup_steps', 0))
+  if step < warm:
+    return cfg.learning_rate * (step + 1) / warm
+  progress = (step - warm) / max(total - warm, 1)
+  if budget_s:
+    progress = max(progress, elapsed_s / budget_s)
+  return learning_rate(cfg, progress)
+
+
+def make_optimizer(cfg: Any) -> optax.GradientTransformation:
+  """Optax optimiser from `config.optimizer` with an injectable learning rate.
+
+  Fields: name ('adam' | 'adamw' | 'sgd'), weight_decay, grad_clip_norm
+  (0 = off). The learning rate lives in the optimiser state
+  (`optax.inject_hyperparams`) and the step sets it from `scheduled_lr`.
+  """
   makers = {
-      'adam': lambda: optax.adam(sched),
-      'adamw': lambda: optax.adamw(sched, weight_decay=cfg.weight_decay),
-      'sgd': lambda: optax.sgd(sched),
+      'adam': lambda lr: optax.adam(lr),
+      'adamw': lambda lr: optax.adamw(lr, weight_decay=cfg.weight_decay),
+      'sgd': lambda lr: optax.sgd(lr),
   }
   if cfg.name not in makers:
     raise ValueError(f'optimizer.name={cfg.name!r} is not one of '
                      f'{sorted(makers)}')
-  chain = [makers[cfg.name]()]
-  if cfg.get('grad_clip_norm', 0):
-    chain.insert(0, optax.clip_by_global_norm(cfg.grad_clip_norm))
-  return optax.chain(*chain)
+  learning_rate(cfg, 0.0)   # Validates the schedule name early.
+
+  def build(learning_rate):
+    chain = [makers[cfg.name](learning_rate)]
+    if cfg.get('grad_clip_norm', 0):
+      chain.insert(0, optax.clip_by_global_norm(cfg.grad_clip_norm))
+    return optax.chain(*chain)
+
+  return optax.inject_hyperparams(build)(learning_rate=cfg.learning_rate)
 
 
 def create_sharded(init_fn: Callable[[jax.Array], TrainState], rng: jax.Array,

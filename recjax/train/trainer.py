@@ -31,7 +31,8 @@ from recjax.graph import HeteroGraph
 from recjax.ops.spmm import CsrMatrix
 from recjax.train import checkpoint, losses, mesh as mesh_lib
 from recjax.train.evaluate import RankingEvaluator
-from recjax.train.state import TrainState, create_sharded, make_optimizer
+from recjax.train.state import (TrainState, create_sharded, make_optimizer,
+                                scheduled_lr)
 from recjax.train.writers import MetricWriter
 
 
@@ -79,7 +80,10 @@ def _prepare(config, ds: Dataset, mesh):
   """Graph, model and sampler for a retrieval model on `ds`."""
   events = tuple(config.data.event_types)
   graph = HeteroGraph.from_dataset(ds, event_types=events)
-  rows, cols, w, n = graph.normalized_bipartite(events, pad_to=mesh.size)
+  # Pad the node table to a multiple that does not depend on the device
+  # count (up to 128 devices), so 1 and N devices build the same model.
+  pad_to = math.lcm(128, mesh.size)
+  rows, cols, w, n = graph.normalized_bipartite(events, pad_to=pad_to)
   adj = CsrMatrix.from_coo(rows, cols, w, (n, n))
   adj = jax.device_put(adj, mesh_lib.replicated(mesh))
   sizes = dict(num_users=ds.num_users, num_items=ds.num_items, num_nodes=n)
@@ -132,7 +136,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   spe = sampler.steps_per_epoch
   total = (config.train.num_steps if config.train.num_steps > 0
            else config.train.num_epochs * spe)
-  tx = make_optimizer(config.optimizer, total)
+  tx = make_optimizer(config.optimizer)
 
   # ---------------------------------------------------- sharded state
   def init_fn(rng):
@@ -154,10 +158,12 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   # ------------------------------------------------------------ step
   loss_fn = _make_loss_fn(model, config)
 
-  def train_step(state, batch, adj):
+  def train_step(state, batch, adj, lr):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, aux), grads = grad_fn(state.params, batch, adj)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    opt_state = state.opt_state
+    opt_state.hyperparams['learning_rate'] = lr
+    updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, opt_state), aux
 
@@ -166,7 +172,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   neg_sharding = rep if config.loss.name == 'softmax' else bs
   batch_shardings = dict(user=bs, pos=bs, neg=neg_sharding)
   step_fn = jax.jit(train_step,
-                    in_shardings=(shardings, batch_shardings, rep),
+                    in_shardings=(shardings, batch_shardings, rep, rep),
                     out_shardings=(shardings, rep), donate_argnums=0)
   embed_fn = jax.jit(lambda params, adj: model.apply({'params': params}, adj))
 
@@ -193,7 +199,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     pending = []
     while step < total:
       batch = sampler.batch(step)
-      state, aux = step_fn(state, batch, adj)
+      lr = scheduled_lr(config.optimizer, step, total, train_s, budget_s)
+      state, aux = step_fn(state, batch, adj, np.float32(lr))
       step += 1
       pending.append(aux)
       if step % config.train.log_every == 0 or step == total:
@@ -209,6 +216,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
               'data; the last good checkpoint is kept in '
               f'{os.path.join(workdir, "checkpoints")}')
         mean['epoch'] = step / spe
+        mean['learning_rate'] = lr
         last_loss = mean['loss']
         writer.write(step, mean, prefix='train/')
         bar.set_postfix(loss=f'{mean["loss"]:.4f}')
@@ -236,7 +244,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
                      config.train.budget_minutes, step)
         break
     bar.close()
-    checkpoint.save(mgr, step, state, force=True)
+    if mgr.latest_step() != step:
+      checkpoint.save(mgr, step, state, force=True)
   mgr.wait_until_finished()
 
   # ------------------------------------------------------- final eval
