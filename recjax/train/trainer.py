@@ -96,9 +96,11 @@ def _prepare(config, ds: Dataset, mesh):
   return graph, adj, model, sampler
 
 
-def _evaluator(config, ds: Dataset, sampler: PairSampler) -> RankingEvaluator:
+def _evaluator(config, ds: Dataset) -> RankingEvaluator:
+  # Every training pair is masked, whatever its event type: the test split
+  # never contains a pair seen in training (splits.drop_seen).
   return RankingEvaluator(
-      sampler.users, sampler.items, ds.test.user, ds.test.item,
+      ds.train.user, ds.train.item, ds.test.user, ds.test.item,
       ds.num_users, ds.num_items, ks=tuple(config.eval.ks),
       batch_size=config.eval.batch_size, exclude_users=ds.cold_users)
 
@@ -128,7 +130,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
   rules = tuple(tuple(r) for r in config.sharding_rules)
   graph, adj, model, sampler = _prepare(config, ds, mesh)
-  evaluator = _evaluator(config, ds, sampler)
+  evaluator = _evaluator(config, ds)
   data_s = time.perf_counter() - t0
   logging.info('data %s graph %s in %.1fs', ds.summary(), graph.summary(),
                data_s)
