@@ -24,16 +24,22 @@ sys.path.insert(0, os.path.join(REPO, 'configs'))
 
 _DATA = flags.DEFINE_string('data', None, 'LightGCN txt dataset directory.')
 _BUDGET = flags.DEFINE_float('budget_minutes', 60.0, 'Training time budget.')
-_MAX_EPOCHS = flags.DEFINE_integer('max_epochs', 400, 'Epoch cap.')
+_MAX_EPOCHS = flags.DEFINE_integer(
+    'max_epochs', 1000, 'Epoch cap; the time budget normally stops first, and '
+    'the cosine schedule decays over whichever comes first.')
 _LOSS = flags.DEFINE_enum('loss', 'softmax', ['softmax', 'bpr'], 'Loss.')
-_BATCH = flags.DEFINE_integer('batch_size', 2048, 'Batch size.')
-_NEG = flags.DEFINE_integer('num_negatives', 1024,
+_BATCH = flags.DEFINE_integer('batch_size', 8192, 'Batch size.')
+_NEG = flags.DEFINE_integer('num_negatives', 2048,
                             'Shared negatives (softmax) or per example (bpr).')
-_LR = flags.DEFINE_float('lr', 1e-3, 'Adam learning rate.')
-_TEMP = flags.DEFINE_float('temperature', 0.1, 'Softmax temperature.')
+_LR = flags.DEFINE_float('lr', 5e-3, 'Adam peak learning rate.')
+_SCHEDULE = flags.DEFINE_enum('schedule', 'cosine',
+                              ['cosine', 'linear', 'constant'], 'LR schedule.')
+_TEMP = flags.DEFINE_float('temperature', 1.0, 'Softmax temperature.')
+_NORMALIZE = flags.DEFINE_bool('normalize', False,
+                               'Cosine scores instead of dot products.')
 _L2 = flags.DEFINE_float('l2', 1e-4, 'L2 on layer-0 embeddings.')
 _LAYERS = flags.DEFINE_integer('layers', 3, 'Propagation layers K.')
-_EVAL_EVERY = flags.DEFINE_integer('eval_every_epochs', 10,
+_EVAL_EVERY = flags.DEFINE_integer('eval_every_epochs', 25,
                                    'Evaluate every N epochs (0: at the end).')
 _BACKEND = flags.DEFINE_enum('spmm_backend', 'auto', ['auto', 'ffi', 'xla'],
                              'Propagation backend.')
@@ -52,6 +58,8 @@ def main(argv):
   c.loss.name = _LOSS.value
   c.loss.num_negatives = 1 if _LOSS.value == 'bpr' else _NEG.value
   c.loss.temperature = _TEMP.value
+  c.loss.normalize = _NORMALIZE.value
+  c.optimizer.schedule = _SCHEDULE.value
   c.loss.l2 = _L2.value
   c.optimizer.learning_rate = _LR.value
   c.train.batch_size = _BATCH.value
@@ -70,7 +78,8 @@ def main(argv):
   out['history'] = r['history']
   out['settings'] = dict(loss=_LOSS.value, batch_size=_BATCH.value,
                          num_negatives=c.loss.num_negatives, lr=_LR.value,
-                         temperature=_TEMP.value, l2=_L2.value,
+                         temperature=_TEMP.value, normalize=_NORMALIZE.value,
+                         schedule=_SCHEDULE.value, l2=_L2.value,
                          layers=_LAYERS.value, budget_minutes=_BUDGET.value,
                          spmm_backend=_BACKEND.value)
   out['peak_rss_mb'] = round(

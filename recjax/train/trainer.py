@@ -252,6 +252,13 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
 
   # ------------------------------------------------------- final eval
   final = evaluate(state)
+  # The same split scored by item popularity (training pairs counted), so
+  # every run says how much the model adds over the simplest baseline.
+  pop = np.bincount(sampler.items, minlength=ds.num_items).astype(np.float32)
+  baseline = evaluator.evaluate(np.ones((ds.num_users, 1), np.float32),
+                                pop[:, None])
+  final.update({f'popularity_{k}': baseline[k] for k in
+                ('recall@20', 'ndcg@20') if k in baseline})
   writer.write(step, final, prefix='eval/')
   writer.close()
   if final[metric] > best['value']:
