@@ -213,7 +213,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
         if not all(np.isfinite(v) for v in mean.values()):
           mgr.wait_until_finished()
           raise NanLossError(
-              f'loss is {mean["loss"]} at step {step} (reg={mean["reg"]}); '
+              f'non-finite training metrics at step {step} (loss='
+              f'{mean["loss"]}, reg={mean["reg"]}): loss is NaN or infinite; '
               'training stopped. Lower optimizer.learning_rate or check the '
               'data; the last good checkpoint is kept in '
               f'{os.path.join(workdir, "checkpoints")}')
