@@ -12,7 +12,10 @@ Backends:
     operands, which is correct but not memory-scalable.
   'xla': gather + jax.ops.segment_sum on sorted row ids; runs on every
     backend and partitions under jit.
-  'auto': 'ffi' when running on CPU and the kernel is available, else 'xla'.
+  'auto': 'ffi' on a single CPU device when the kernel is available, else
+    'xla' (on a multi-device mesh the kernel would run replicated on every
+    device, and its OpenMP threads would compete with XLA's per-device
+    threads, so the partitionable XLA path is the right one there).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import ctypes
 import dataclasses
 import functools
 import logging
+import os
 from typing import Optional
 
 import jax
@@ -34,6 +38,9 @@ _FFI_TARGET = 'recjax_csr_spmm'
 def ffi_available() -> bool:
   """Loads (building if needed) and registers the CPU kernel once."""
   from recjax.ops import build
+  # Idle OpenMP workers sleep instead of spinning, so they never starve
+  # XLA's own threads (read by libgomp when the kernel library loads).
+  os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
   try:
     if build.is_stale():
       build.build()
@@ -51,8 +58,8 @@ def resolve_backend(backend: str) -> str:
     raise ValueError(f"spmm backend must be 'auto', 'ffi' or 'xla', "
                      f'got {backend!r}')
   if backend == 'auto':
-    on_cpu = jax.default_backend() == 'cpu'
-    return 'ffi' if on_cpu and ffi_available() else 'xla'
+    single_cpu = jax.default_backend() == 'cpu' and jax.device_count() == 1
+    return 'ffi' if single_cpu and ffi_available() else 'xla'
   if backend == 'ffi' and not ffi_available():
     raise RuntimeError("spmm backend 'ffi' requested but the kernel could not "
                        'be built; run `python -m recjax.ops.build`')

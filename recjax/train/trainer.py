@@ -205,6 +205,11 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       state, aux = step_fn(state, batch, adj, np.float32(lr))
       step += 1
       pending.append(aux)
+      if len(pending) >= 2:
+        # At most two steps in flight: enough to overlap host sampling with
+        # device work, and it keeps XLA:CPU's collectives from deadlocking
+        # when many multi-device executions queue up at once.
+        jax.block_until_ready(pending[-2])
       if step % config.train.log_every == 0 or step == total:
         # One device_get per log step; metrics stay on device in between.
         logs = jax.device_get(pending)
