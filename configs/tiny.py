@@ -27,7 +27,7 @@ def get_config():
   c.train.num_steps = 60
   c.train.log_every = 10
   c.train.checkpoint_every_steps = 20
-  c.train.tensorboard = False
+  c.train.tensorboard = False   # tests; main configs write events
   c.train.progress = False
   c.eval.batch_size = 128
   return c

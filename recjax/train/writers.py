@@ -36,7 +36,8 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in metrics.items():
         if isinstance(v, (int, float)):
-          self._tb.add_scalar(prefix + k, v, step)
+          # TensorBoard tag names allow no '@'; metrics.jsonl keeps 'recall@20'.
+          self._tb.add_scalar((prefix + k).replace('@', '_at_'), v, step)
 
   def close(self) -> None:
     if self.enabled:
