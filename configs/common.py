@@ -31,11 +31,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.spmm_backend = 'auto'   # 'auto' | 'ffi' (CPU kernel) | 'xla'
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = 'bpr'             # 'bpr' | 'softmax' (sampled, shared negs)
+  c.loss.name = 'bpr'             # 'bpr' | 'softmax' | 'ccl' (shared negs)
   c.loss.num_negatives = 1
   c.loss.temperature = 0.1
   c.loss.normalize = True
   c.loss.l2 = 1e-4
+  c.loss.margin = 0.9             # ccl: negatives below this cosine are ignored
+  c.loss.negative_weight = 150.0  # ccl: weight of the negatives' hinge
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'

@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from helpers import REPO, env_with, main_cmd, run_main
 
 REQUIRED = ('devices', 'mesh', 'steps', 'train_s', 'recall@20', 'ndcg@20',
@@ -49,3 +51,22 @@ def test_nan_loss_stops_with_clear_message(tmp_path):
                '--config.loss.l2=0')
   assert 'non-finite training metrics' in err
   assert 'loss is NaN or infinite; training stopped' in err
+
+
+@pytest.mark.parametrize('loss,overrides', [
+    ('bpr', ['--config.loss.num_negatives=4']),
+    ('ccl', ['--config.loss.margin=0.5', '--config.loss.negative_weight=10']),
+    ('multinomial', ['--config.train.batch_size=32']),
+])
+def test_every_loss_trains(tmp_path, loss, overrides):
+  out, _ = run_main(tmp_path, overrides=[f'--config.loss.name={loss}',
+                                         *overrides])
+  records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  curve = [r['train/loss'] for r in records if 'train/loss' in r]
+  assert len(curve) >= 2 and curve[-1] < curve[0], curve
+  assert out['recall@20'] > 0
+
+
+def test_unknown_loss_is_named(tmp_path):
+  err = _fails(tmp_path, '--config.loss.name=hinge')
+  assert "loss.name='hinge'" in err and 'multinomial' in err

@@ -28,10 +28,16 @@ _BUDGET = flags.DEFINE_float('budget_minutes', 60.0, 'Training time budget.')
 # and then declines (over-fitting), so the default horizon is short; the
 # cosine schedule decays over max_epochs or the budget, whichever ends first.
 _MAX_EPOCHS = flags.DEFINE_integer('max_epochs', 25, 'Epoch cap.')
-_LOSS = flags.DEFINE_enum('loss', 'softmax', ['softmax', 'bpr'], 'Loss.')
+_LOSS = flags.DEFINE_enum('loss', 'softmax',
+                          ['softmax', 'bpr', 'ccl', 'multinomial'],
+                          'Loss.')
+_MARGIN = flags.DEFINE_float('margin', 0.9, 'ccl margin.')
+_NEGW = flags.DEFINE_float('negative_weight', 150.0, 'ccl negative weight.')
 _BATCH = flags.DEFINE_integer('batch_size', 8192, 'Batch size.')
-_NEG = flags.DEFINE_integer('num_negatives', 2048,
-                            'Shared negatives (softmax) or per example (bpr).')
+_NEG = flags.DEFINE_integer(
+    'num_negatives', None,
+    'Shared negatives (softmax, ccl; default 2048) or per example (bpr; '
+    'default 1).')
 _LR = flags.DEFINE_float('lr', 5e-3, 'Adam peak learning rate.')
 _SCHEDULE = flags.DEFINE_enum('schedule', 'cosine',
                               ['cosine', 'linear', 'constant'], 'LR schedule.')
@@ -57,9 +63,14 @@ def main(argv):
   c.model.num_layers = _LAYERS.value
   c.model.spmm_backend = _BACKEND.value
   c.loss.name = _LOSS.value
-  c.loss.num_negatives = 1 if _LOSS.value == 'bpr' else _NEG.value
+  if _NEG.value is not None:
+    c.loss.num_negatives = _NEG.value
+  elif _LOSS.value == 'bpr':
+    c.loss.num_negatives = 1
   c.loss.temperature = _TEMP.value
   c.loss.normalize = _NORMALIZE.value
+  c.loss.margin = _MARGIN.value
+  c.loss.negative_weight = _NEGW.value
   c.optimizer.schedule = _SCHEDULE.value
   c.loss.l2 = _L2.value
   c.optimizer.learning_rate = _LR.value
@@ -80,6 +91,7 @@ def main(argv):
   out['settings'] = dict(loss=_LOSS.value, batch_size=_BATCH.value,
                          num_negatives=c.loss.num_negatives, lr=_LR.value,
                          temperature=_TEMP.value, normalize=_NORMALIZE.value,
+                         margin=_MARGIN.value, negative_weight=_NEGW.value,
                          schedule=_SCHEDULE.value, l2=_L2.value,
                          layers=_LAYERS.value, budget_minutes=_BUDGET.value,
                          spmm_backend=_BACKEND.value)

@@ -81,3 +81,62 @@ class PairSampler:
       if m == 1:
         neg = neg[:, 0]
     return dict(user=users, pos=pos, neg=neg)
+
+
+class UserSampler:
+  """Samples batches of users with all their training positives.
+
+  For full-softmax (multinomial) losses: one row of logits over every item
+  serves all of a user's positives, so an epoch costs num_users rows instead
+  of num_pairs.
+
+  Args:
+    users, items: int arrays [P] of positive training pairs.
+    batch_size: B users per batch (users are permuted per epoch; the last
+      partial batch is dropped).
+    max_positives: L, the padded width; a user with more positives gets a
+      fresh random L of them each epoch. Default: the largest degree.
+    seed: base seed.
+
+  `batch(step)` returns user [B], pos [B, L] and pos_mask [B, L] (float32).
+  """
+
+  def __init__(self, users: np.ndarray, items: np.ndarray, batch_size: int,
+               max_positives: int | None = None, seed: int = 0):
+    order = np.lexsort((items, users))
+    users, items = np.asarray(users)[order], np.asarray(items)[order]
+    self.ids, starts, counts = np.unique(users, return_index=True,
+                                         return_counts=True)
+    if len(self.ids) < batch_size:
+      raise ValueError(f'batch_size {batch_size} exceeds the {len(self.ids)} '
+                       'training users; lower train.batch_size')
+    self.items, self.starts, self.counts = items.astype(np.int32), starts, counts
+    self.width = int(max_positives or counts.max())
+    self.batch_size, self.seed = batch_size, seed
+    self._perm_epoch, self._perm = -1, None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.ids) // self.batch_size
+
+  def batch(self, step: int) -> dict:
+    epoch, offset = divmod(step, self.steps_per_epoch)
+    if epoch != self._perm_epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._perm, self._perm_epoch = rng.permutation(len(self.ids)), epoch
+    rows = self._perm[offset * self.batch_size:(offset + 1) * self.batch_size]
+    rng = np.random.default_rng([self.seed, epoch, offset, 2])
+    b, l = len(rows), self.width
+    n = np.minimum(self.counts[rows], l)
+    # Column j of row r reads positive j (or a random subset when the user
+    # has more than L: random keys, take the L smallest).
+    col = np.arange(l)[None, :]
+    mask = col < n[:, None]
+    over = self.counts[rows] > l
+    pick = np.broadcast_to(col, (b, l)).copy()
+    for r in np.nonzero(over)[0]:
+      pick[r] = np.sort(rng.choice(self.counts[rows[r]], l, replace=False))
+    idx = self.starts[rows][:, None] + np.where(mask, pick, 0)
+    pos = np.where(mask, self.items[idx], 0).astype(np.int32)
+    return dict(user=self.ids[rows].astype(np.int32), pos=pos,
+                pos_mask=mask.astype(np.float32))

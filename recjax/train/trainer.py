@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from recjax import models
 from recjax.data import registry
-from recjax.data.sampling import PairSampler
+from recjax.data.sampling import PairSampler, UserSampler
 from recjax.data.schema import EVENT_INDEX, Dataset
 from recjax.graph import HeteroGraph
 from recjax.ops.spmm import CsrMatrix
@@ -47,18 +47,37 @@ def _positive_pairs(ds: Dataset, event_types) -> tuple[np.ndarray, np.ndarray]:
   return (key >> 32).astype(np.int32), (key & 0xFFFFFFFF).astype(np.int32)
 
 
+# bpr: per-example negatives; softmax, ccl: negatives shared by the batch;
+# multinomial: batches of users with all their positives, full softmax.
+LOSSES = ('bpr', 'softmax', 'ccl', 'multinomial')
+
+
 def _make_loss_fn(model, cfg):
   """Returns loss(params, batch, adj) -> (loss, aux metrics)."""
   name = cfg.loss.name
-  if name not in ('bpr', 'softmax'):
-    raise ValueError(f"loss.name={name!r} is not one of ['bpr', 'softmax']")
+  if name not in LOSSES:
+    raise ValueError(f'loss.name={name!r} is not one of {list(LOSSES)}')
 
   def loss_fn(params, batch, adj):
     variables = {'params': params}
     users, items = model.apply(variables, adj)
+    if name == 'multinomial':
+      main = losses.multinomial(users[batch['user']], items, batch['pos'],
+                                batch['pos_mask'], cfg.loss.temperature)
+      e_u, e_p = model.apply(variables, batch['user'], batch['pos'],
+                             method='layer0')
+      reg = 0.5 * (jnp.sum(e_u**2) +
+                   jnp.sum(e_p**2 * batch['pos_mask'][..., None]))
+      reg = reg / jnp.sum(batch['pos_mask'])
+      return main + cfg.loss.l2 * reg, dict(loss=main, reg=reg)
     u, p, n = users[batch['user']], items[batch['pos']], items[batch['neg']]
     if name == 'bpr':
       main = losses.bpr(u, p, n)
+    elif name == 'ccl':
+      main = losses.cosine_contrastive(
+          u, p, n, margin=cfg.loss.margin,
+          negative_weight=cfg.loss.negative_weight, pos_ids=batch['pos'],
+          neg_ids=batch['neg'])
     else:
       main = losses.sampled_softmax(
           u, p, n, temperature=cfg.loss.temperature,
@@ -89,7 +108,11 @@ def _prepare(config, ds: Dataset, mesh):
   sizes = dict(num_users=ds.num_users, num_items=ds.num_items, num_nodes=n)
   model = models.get(config.model.name)(config.model, sizes)
   users, items = _positive_pairs(ds, events)
-  shared = config.loss.name == 'softmax'
+  if config.loss.name == 'multinomial':
+    sampler = UserSampler(users, items, config.train.batch_size,
+                          seed=config.seed)
+    return graph, adj, model, sampler
+  shared = config.loss.name in ('softmax', 'ccl')
   sampler = PairSampler(users, items, ds.num_items, config.train.batch_size,
                         num_negatives=config.loss.num_negatives,
                         shared_negatives=shared, seed=config.seed)
@@ -171,8 +194,11 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
 
   bs = mesh_lib.batch_sharding(mesh, rules)
   rep = mesh_lib.replicated(mesh)
-  neg_sharding = rep if config.loss.name == 'softmax' else bs
-  batch_shardings = dict(user=bs, pos=bs, neg=neg_sharding)
+  neg_sharding = rep if config.loss.name in ('softmax', 'ccl') else bs
+  if config.loss.name == 'multinomial':
+    batch_shardings = dict(user=bs, pos=bs, pos_mask=bs)
+  else:
+    batch_shardings = dict(user=bs, pos=bs, neg=neg_sharding)
   step_fn = jax.jit(train_step,
                     in_shardings=(shardings, batch_shardings, rep, rep),
                     out_shardings=(shardings, rep), donate_argnums=0)
