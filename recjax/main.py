@@ -4,6 +4,8 @@
       [--config.train.num_epochs=5] [--mode=train|eval]
 
 The last line printed to stdout is one JSON object with the run's figures.
+Configs with `task = 'sequence'` (configs/sasrec_ml1m.py, ...) train through
+recjax.train.seq_trainer, all others through recjax.train.trainer.
 """
 
 import json
@@ -35,9 +37,14 @@ def main(argv):
     import tensorflow as tf
     tf.config.set_visible_devices([], 'GPU')
   from recjax.train import trainer
+  config = _CONFIG.value
+  if config.get('task', '') == 'sequence':
+    from recjax.train import seq_trainer as chosen
+  else:
+    chosen = trainer
   try:
-    result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                        mode=_MODE.value)
+    result = chosen.train_and_evaluate(config, _WORKDIR.value,
+                                       mode=_MODE.value)
   except (ValueError, FileNotFoundError, trainer.NanLossError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

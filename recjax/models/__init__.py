@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import Callable
 
+from recjax.models.bert4rec import BERT4Rec
 from recjax.models.lightgcn import LightGCN
+from recjax.models.sasrec import SASRec
+from recjax.models.session import SessionEncoder
+
+
+def _sequence_args(cfg, sizes) -> dict:
+  """SASRec's constructor arguments from config.model and dataset sizes."""
+  return dict(
+      num_items=sizes['num_items'], vocab_size=sizes['vocab_size'],
+      max_len=sizes['max_len'], embed_dim=cfg.embed_dim,
+      num_blocks=cfg.num_blocks, num_heads=cfg.num_heads, ff_dim=cfg.ff_dim,
+      dropout=cfg.dropout, attention=cfg.attention, window=cfg.window,
+      chunk=cfg.chunk, init_std=cfg.init_std)
+
 
 # name -> constructor(model_config, dataset_sizes) -> flax module
 _REGISTRY: dict[str, Callable] = {
@@ -13,6 +27,12 @@ _REGISTRY: dict[str, Callable] = {
         num_nodes=sizes['num_nodes'], embed_dim=cfg.embed_dim,
         num_layers=cfg.num_layers, init_std=cfg.init_std,
         spmm_backend=cfg.spmm_backend),
+    'sasrec': lambda cfg, sizes: SASRec(**_sequence_args(cfg, sizes)),
+    'bert4rec': lambda cfg, sizes: BERT4Rec(**_sequence_args(cfg, sizes)),
+    'session': lambda cfg, sizes: SessionEncoder(
+        **_sequence_args(cfg, sizes), item_side=sizes.get('item_side'),
+        num_locations=sizes.get('num_locations', 1),
+        feature_dim=cfg.feature_dim),
 }
 
 

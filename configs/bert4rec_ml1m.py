@@ -1,0 +1,28 @@
+"""BERT4Rec on ml-1m (leave-last-out): bidirectional encoder, Cloze masking
+of 20% of each history, full softmax over all items; inference appends a
+mask token.
+
+  python -m recjax.main --config=configs/bert4rec_ml1m.py --workdir=/tmp/b4r
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sasrec_ml1m  # pylint: disable=g-import-not-at-top
+
+
+def get_config():
+  c = sasrec_ml1m.sequence_config()
+  c.model.name = 'bert4rec'
+  c.model.embed_dim = 64
+  c.model.ff_dim = 256
+  c.model.num_heads = 2
+  c.model.dropout = 0.1
+  c.loss.name = 'full_softmax'   # 3416 items: every logit is affordable
+  c.loss.mask_ratio = 0.2
+  c.optimizer.name = 'adamw'
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.grad_clip_norm = 5.0
+  c.optimizer.learning_rate = 1e-3
+  return c

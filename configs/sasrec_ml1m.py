@@ -1,0 +1,81 @@
+"""SASRec on ml-1m (SASRec's leave-last-out split) with many negatives:
+256 uniform negatives per sequence under a sampled softmax. Many negatives
+are what make full-ranking metrics good (gSASRec); of the two losses that
+use them, sampled softmax learned ~3x faster than gBCE (t = 0.75) over the
+first epochs on this CPU, which is what a 60-minute budget needs:
+  valid full NDCG@10 after 6 / 10 epochs: softmax 0.074 / -, gBCE 0.018 /
+  0.021, paper BCE (1 negative per position) 0.034 / 0.048.
+gBCE: `--config.loss.name=gbce` (t in loss.gbce_t); the paper's BCE:
+`--config.loss.name=bce --config.loss.num_negatives=1
+--config.loss.negatives=position`.
+
+  python -m recjax.main --config=configs/sasrec_ml1m.py --workdir=/tmp/sasrec \
+      [--config.data.path=ANY/SASREC/FILE.txt] [--config.train.num_epochs=3]
+
+Evaluation: full ranking over all items (history masked) plus the labelled
+sampled protocols uniform100 (SASRec's) and popularity100 (BERT4Rec's).
+"""
+
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top
+
+
+def sequence_config() -> ml_collections.ConfigDict:
+  """common.base_config plus the keys every sequence model reads."""
+  c = common.base_config()
+  c.task = 'sequence'                   # recjax.main -> seq_trainer
+  c.data.name = 'sasrec'
+  c.data.path = os.path.join(common.SHARED_DATA, 'ml-1m', 'ml-1m.txt')
+  c.data.collapse_repeats = False       # merge funnel repeats of an item
+  # Training / evaluation batches use the narrowest of these widths that
+  # holds their longest history (plus max_len or max_len + 1).
+  c.data.buckets = (32, 64, 96, 128, 160)
+
+  c.model.name = 'sasrec'
+  c.model.max_len = 200
+  c.model.embed_dim = 64
+  c.model.num_blocks = 2
+  c.model.num_heads = 1
+  c.model.ff_dim = 64
+  c.model.dropout = 0.2
+  c.model.attention = 'full'            # 'full' | 'local' | 'linear'
+  c.model.window = 64                   # local: keys per query
+  c.model.chunk = 64                    # causal linear: chunk length
+  c.model.init_std = 0.02
+  c.model.feature_dim = 16              # session: context embedding width
+
+  c.loss.name = 'sampled_softmax'   # | 'bce' | 'gbce' | 'full_softmax'
+  c.loss.num_negatives = 256
+  c.loss.negatives = 'row'              # 'row': shared by a sequence
+  c.loss.negatives_from = 'train'       # items seen in training, or 'all'
+  c.loss.gbce_t = 0.75
+  c.loss.mask_ratio = 0.2               # BERT4Rec's Cloze ratio
+
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = 'cosine'       # decays over the budget or epochs
+  c.optimizer.warmup_steps = 100
+
+  c.train.batch_size = 128
+  c.train.num_epochs = 2000
+  c.train.budget_minutes = 60.0
+  c.train.eval_every_epochs = 20
+  c.train.keep_best = True              # test with the best-validation params
+  c.train.log_every = 20
+  c.train.checkpoint_every_steps = 2000
+
+  c.eval.ks = (1, 5, 10, 20)
+  c.eval.batch_size = 256
+  c.eval.select_metric = 'ndcg@10'
+  c.eval.sampled = ('uniform', 'popularity')
+  c.eval.sampled_negatives = 100
+  c.eval.seed = 0
+  return c
+
+
+def get_config():
+  return sequence_config()

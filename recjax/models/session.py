@@ -1,0 +1,74 @@
+"""Feature-rich session encoder (Transformers4Rec-style, Moreira et al.,
+RecSys 2021): every position combines the item with what happened and when.
+
+Per position t:
+  item vector  e_item + e_seller + e_category + e_price_bucket   (catalog)
+  event vector Dense([e_event, e_gap, e_device, e_hour, e_location])
+  input        sqrt(D) * item vector + event vector + position
+then SASRec's causal encoder. Items are scored with the same catalog-aware
+item vector (shared input/output tables), so an item never seen in training
+still gets a meaningful key from its seller, category and price: this is
+what lets the model rank cold items at all.
+
+The catalog lookups (`item_side`: seller, category, price bucket per item
+id, from recjax.data.sequences.item_side_features) are constants of the
+module, not parameters.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recjax.data.schema import DEVICES, EVENT_TYPES
+from recjax.data.sequences import NUM_GAP_BUCKETS
+from recjax.models.sasrec import SASRec, embedding
+
+
+class SessionEncoder(SASRec):
+  """SASRec with event, time-gap, context and catalog features.
+
+  Attributes: those of SASRec, plus
+    item_side: dict of int32 [I + 1] arrays 'seller', 'category', 'price'
+      (0 = none), or None (then only the context features are added).
+    num_locations: size of the location index space.
+    feature_dim: width of each context feature embedding.
+  """
+  item_side: dict | None = None
+  num_locations: int = 1
+  feature_dim: int = 16
+
+  def setup(self):
+    super().setup()
+    d, std = self.embed_dim, self.init_std
+    side = {}
+    for name, ids in sorted((self.item_side or {}).items()):
+      ids = np.asarray(ids, np.int32)
+      # Padded to the table's rows: mask and padding ids map to 0 (none).
+      side[name] = (jnp.asarray(np.pad(ids, (0, self.vocab_size - len(ids)))),
+                    embedding(self, f'{name}_embedding', int(ids.max()) + 1,
+                              d, std, ('vocab', 'embed')))
+    self.side = side
+    f = self.feature_dim
+    sizes = dict(event=len(EVENT_TYPES), gap=NUM_GAP_BUCKETS,
+                 device=len(DEVICES), hour=25, location=self.num_locations)
+    self.context = {name: embedding(self, f'{name}_embedding', n, f, std,
+                                    ('vocab', 'embed'))
+                    for name, n in sizes.items()}
+    self.context_proj = nn.Dense(d, name='context_proj', kernel_init=(
+        nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
+                                     ('mlp', 'embed'))))
+
+  def keys(self, ids: jax.Array) -> jax.Array:
+    out = self.item_embedding[ids]
+    for lookup, table in self.side.values():
+      out = out + table[lookup[ids]]
+    return out
+
+  def embed_inputs(self, inputs: dict) -> jax.Array:
+    ctx = [table[inputs[name].astype(jnp.int32)]
+           for name, table in self.context.items()]
+    ctx = self.context_proj(jnp.concatenate(ctx, axis=-1))
+    return self.keys(inputs['item']) * (self.embed_dim ** 0.5) + ctx

@@ -1,0 +1,429 @@
+"""`train_and_evaluate(config, workdir)` for sequence models: SASRec,
+BERT4Rec and the feature-rich session encoder, on a device mesh.
+
+Phases: data (padded histories, evaluation sets) -> mesh & sharded state
+(the item table sharded by rows by the config's rules) -> restore -> loop
+(jitted donated step per length bucket, logging, NaN guard, periodic
+validation keeping the best parameters, checkpoints, time budget) -> final
+evaluation on the test split: full ranking plus the labelled sampled
+protocols.
+
+Objectives (by model): 'next' (SASRec, session): every position predicts
+the next item; 'cloze' (BERT4Rec): a `loss.mask_ratio` share of each
+history is replaced by the mask token and predicted. Negatives are drawn
+inside the step (uniform over the items seen in training, per position or
+per row), so batches are just the padded id arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from recjax import models
+from recjax.data import registry, sequences
+from recjax.data.schema import Interactions
+from recjax.train import checkpoint, mesh as mesh_lib, seq_losses
+from recjax.train.seq_eval import SeqEvaluator, compute_queries
+from recjax.train.state import (TrainState, create_sharded, make_optimizer,
+                                scheduled_lr)
+from recjax.train.trainer import NanLossError
+from recjax.train.writers import MetricWriter
+
+OBJECTIVE = dict(sasrec='next', session='next', bert4rec='cloze')
+INPUTS = dict(sasrec=('item',), bert4rec=('item',),
+              session=sequences.FEATURES)
+
+
+# ------------------------------------------------------------ objectives
+
+def _negatives(rng, cfg, shape_bt, pool):
+  """Ids drawn uniformly from `pool` [P]: [B, T, N] per position or [B, N]
+  per row."""
+  if cfg.loss.negatives not in ('position', 'row'):
+    raise ValueError(f"loss.negatives={cfg.loss.negatives!r} is not one of "
+                     "['position', 'row']")
+  b, t = shape_bt
+  n = cfg.loss.num_negatives
+  shape = (b, t, n) if cfg.loss.negatives == 'position' else (b, n)
+  return pool[jax.random.randint(rng, shape, 0, pool.shape[0])]
+
+
+def _score_and_loss(module, q, target, mask, rng, cfg, pool):
+  """Loss of queries q [B, T, D'] against target ids [B, T] (module bound);
+  sampled negatives come from the ids in `pool`."""
+  name = cfg.loss.name
+  if name == 'full_softmax':
+    logits = q @ module.all_keys().T
+    return seq_losses.full_softmax(logits, target - 1, mask)
+  neg = _negatives(rng, cfg, target.shape, pool)
+  pos = jnp.sum(q * module.keys(target), axis=-1)
+  if neg.ndim == 3:
+    logits = jnp.einsum('btd,btnd->btn', q, module.keys(neg))
+    # A negative equal to its position's target is dropped (SASRec draws
+    # negatives outside the history; one per position makes this cheap).
+    neg_mask = (neg != target[..., None]).astype(jnp.float32)
+  else:
+    # Row negatives are not masked, as in gSASRec: one equals a position's
+    # target with probability 1 / I, and masking costs a [B, T, N] pass.
+    logits = jnp.einsum('btd,bnd->btn', q, module.keys(neg))
+    neg_mask = None
+  return seq_losses.sampled(name, pos, logits, mask, num_items=pool.shape[0],
+                            t=cfg.loss.gbce_t, neg_mask=neg_mask)
+
+
+def _next_item(module, batch, rng, cfg, pool):
+  """Every position predicts the next item of the window."""
+  inputs = {f: x[:, :-1] for f, x in batch.items()}
+  target = batch['item'][:, 1:]
+  mask = ((target > 0) & (inputs['item'] > 0)).astype(jnp.float32)
+  h = module(inputs, train=True)
+  return _score_and_loss(module, module.query(h), target, mask, rng, cfg,
+                         pool)
+
+
+def cloze_positions(rng, items, ratio: float):
+  """Which positions BERT4Rec masks: round(ratio * length), at least one.
+
+  Args:
+    rng: key; items: int [B, T] ids (0 = padding); ratio: the mask ratio.
+
+  Returns:
+    (pos int [B, K], chosen bool [B, K], is_masked bool [B, T]): K =
+    ceil(ratio * T) candidate positions per row (a static shape), of which
+    `chosen` are masked; is_masked marks them in the window.
+  """
+  b, t = items.shape
+  k_max = max(1, math.ceil(ratio * t))
+  valid = items > 0
+  n_valid = valid.sum(1)
+  n_mask = jnp.clip(jnp.round(ratio * n_valid), 1, k_max)
+  # The K smallest random keys among real positions (padding keys are 2).
+  key = jnp.where(valid, jax.random.uniform(rng, (b, t)), 2.0)
+  _, pos = jax.lax.top_k(-key, k_max)
+  chosen = (jnp.arange(k_max)[None] < n_mask[:, None]) & (n_valid[:, None] > 0)
+  is_masked = jnp.zeros((b, t), bool).at[jnp.arange(b)[:, None], pos].max(
+      chosen)
+  return pos, chosen, is_masked
+
+
+def _cloze(module, batch, rng, cfg, pool):
+  """Masked items predicted from both sides (module bound)."""
+  items = batch['item']
+  pick_rng, neg_rng = jax.random.split(rng)
+  pos, chosen, is_masked = cloze_positions(pick_rng, items,
+                                           cfg.loss.mask_ratio)
+  inputs = dict(batch, item=jnp.where(is_masked, module.mask_id, items))
+  h = module(inputs, train=True)
+  q = module.query(jnp.take_along_axis(h, pos[..., None], axis=1))
+  target = jnp.take_along_axis(items, pos, axis=1)
+  return _score_and_loss(module, q, target, chosen.astype(jnp.float32),
+                         neg_rng, cfg, pool)
+
+
+def _queries(module, inputs, objective):
+  """Query vectors [B, D'] for the item after each history window."""
+  if objective == 'cloze':
+    # BERT4Rec's inference: the window shifts left and a mask token is
+    # appended where the next item would be.
+    inputs = {f: jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], 1)
+              for f, x in inputs.items()}
+    items = inputs['item']
+    inputs['item'] = items.at[:, -1].set(module.mask_id)
+  h = module(inputs, train=False)
+  return module.query(h[:, -1])
+
+
+# ----------------------------------------------------------------- data
+
+def _prepare(config, mesh):
+  """Dataset, objective, model, training batcher, evaluation sets and
+  evaluators, and the pool of negative ids."""
+  name = config.model.name
+  if name not in OBJECTIVE:
+    raise ValueError(f'model.name={name!r} is not a sequence model; one of '
+                     f'{sorted(OBJECTIVE)}')
+  objective = OBJECTIVE[name]
+  if config.loss.name not in seq_losses.LOSSES:
+    raise ValueError(f'loss.name={config.loss.name!r} is not one of '
+                     f'{list(seq_losses.LOSSES)}')
+  ds = registry.load_dataset(config.data)
+  L = config.model.max_len
+  collapse = config.data.get('collapse_repeats', False)
+  train = sequences.train_sequences(
+      ds, L + 1 if objective == 'next' else L, collapse_repeats=collapse)
+  evalsets = {w: sequences.eval_set(ds, L, w, collapse_repeats=collapse)
+              for w in ('valid', 'test')}
+  pad_to = math.lcm(128, mesh.size)
+  sizes = dict(num_items=ds.num_items, num_users=ds.num_users, max_len=L,
+               vocab_size=-(-(ds.num_items + 2) // pad_to) * pad_to,
+               item_side=sequences.item_side_features(ds),
+               num_locations=1 + max(int(x.location.max(initial=0)) for x in (
+                   ds.train, ds.valid, ds.test) if x is not None))
+  model = models.get(name)(config.model, sizes)
+  history = ds.train if ds.valid is None else Interactions.concat(
+      [ds.train, ds.valid])
+  pop = np.bincount(history.item, minlength=ds.num_items).astype(np.float64)
+  evaluators = {
+      w: SeqEvaluator(es, ds.num_items, ds.num_users, ks=config.eval.ks,
+                      protocols=tuple(config.eval.sampled), popularity=pop,
+                      num_negatives=config.eval.sampled_negatives,
+                      seed=config.eval.seed,
+                      batch_size=config.eval.batch_size)
+      for w, es in evalsets.items() if es is not None}
+  batcher = sequences.SequenceBatcher(train, config.train.batch_size,
+                                      buckets=config.data.get('buckets', ()),
+                                      seed=config.seed)
+  # Negatives come from the items seen in training unless configured
+  # otherwise: pushing down ids that never occur as positives would bury
+  # cold items, whose keys a feature-rich model builds from the catalog.
+  source = config.loss.get('negatives_from', 'train')
+  if source not in ('train', 'all'):
+    raise ValueError(f"loss.negatives_from={source!r} is not one of "
+                     "['train', 'all']")
+  pool = np.arange(1, ds.num_items + 1, dtype=np.int32)
+  if source == 'train':
+    pool = np.flatnonzero(np.bincount(ds.train.item,
+                                      minlength=ds.num_items)) + 1
+  return (ds, objective, model, batcher, evalsets, evaluators,
+          jnp.asarray(pool, jnp.int32))
+
+
+def _placement(params) -> dict:
+  return {jax.tree_util.keystr(path): dict(
+      spec=str(tuple(x.sharding.spec)),
+      shard_shape=list(x.sharding.shard_shape(x.shape)))
+          for path, x in jax.tree_util.tree_leaves_with_path(params)}
+
+
+# ----------------------------------------------------------------- main
+
+def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
+  """Trains a sequence model (resuming from the latest checkpoint), then
+  evaluates it on the test split.
+
+  Args:
+    config: ml_collections ConfigDict (see configs/sasrec_ml1m.py).
+    workdir: where checkpoints, metrics.jsonl, TensorBoard events and
+      config.json go.
+    mode: 'train' (train, then evaluate) or 'eval' (evaluate the latest
+      checkpoint).
+
+  Returns:
+    A flat dict: devices, mesh, steps, epochs, train_s, epoch_s, the test
+    metrics (full ranking unprefixed, sampled ones prefixed by their label,
+    e.g. 'uniform100_hr@10'), the best validation figure and history.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # ---------------------------------------------------------------- data
+  t0 = time.perf_counter()
+  mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  (ds, objective, model, batcher, evalsets, evaluators,
+   pool) = _prepare(config, mesh)
+  inputs_used = INPUTS[config.model.name]
+  data_s = time.perf_counter() - t0
+  logging.info('data %s, %d training sequences, widths %s in %.1fs',
+               ds.summary(), len(batcher.seqs.users), batcher.widths, data_s)
+
+  spe = batcher.steps_per_epoch
+  total = (config.train.num_steps if config.train.num_steps > 0
+           else config.train.num_epochs * spe)
+  tx = make_optimizer(config.optimizer)
+
+  # ---------------------------------------------------- sharded state
+  def init_fn(rng):
+    dummy = {f: jnp.zeros((1, 2), jnp.int32) for f in inputs_used}
+    params = model.init(rng, dummy, method='init_all')['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+
+  state, abstract, shardings = create_sharded(
+      init_fn, jax.random.key(config.seed), mesh, rules)
+  mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+  restored_step, restored = checkpoint.restore_latest(mgr, abstract,
+                                                      shardings)
+  if restored is not None:
+    state = restored
+    logging.info('resumed from step %d', restored_step)
+  start = int(jax.device_get(state.step))
+
+  # ------------------------------------------------------------ step
+  objective_fn = _next_item if objective == 'next' else _cloze
+  base_rng = jax.random.key(config.seed + 1)
+
+  def loss_fn(params, batch, rng):
+    drop_rng, obj_rng = jax.random.split(rng)
+    loss = model.apply({'params': params}, batch, obj_rng, config,
+                       pool, method=objective_fn,
+                       rngs={'dropout': drop_rng})
+    return loss, dict(loss=loss)
+
+  def train_step(state, batch, lr):
+    rng = jax.random.fold_in(base_rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, aux), grads = grad_fn(state.params, batch, rng)
+    opt_state = state.opt_state
+    opt_state.hyperparams['learning_rate'] = lr
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, opt_state), aux
+
+  bs = mesh_lib.batch_sharding(mesh, rules)
+  rep = mesh_lib.replicated(mesh)
+  batch_shardings = {f: bs for f in inputs_used}
+  step_fn = jax.jit(train_step, in_shardings=(shardings, batch_shardings, rep),
+                    out_shardings=(shardings, rep), donate_argnums=0)
+  # One executable per bucket width, compiled up front: the loop never
+  # compiles, and train_s is training time only.
+  t_compile = time.perf_counter()
+  executables = {}
+  if mode == 'train' and start < total:
+    n = config.train.batch_size
+    for w in np.asarray(batcher.widths)[np.unique(batcher.bucket)]:
+      spec = {f: jax.ShapeDtypeStruct(
+          (n, int(w)), getattr(batcher.seqs, f).dtype, sharding=bs)
+              for f in inputs_used}
+      executables[int(w)] = step_fn.lower(state, spec,
+                                          np.float32(0)).compile()
+  compile_s = time.perf_counter() - t_compile
+  query_fn = jax.jit(
+      lambda params, inputs: model.apply(
+          {'params': params}, inputs, objective, method=_queries),
+      in_shardings=(shardings.params, batch_shardings), out_shardings=rep)
+  keys_fn = jax.jit(lambda params: model.apply({'params': params},
+                                               method='all_keys'))
+
+  def evaluate(params, which):
+    t = time.perf_counter()
+    q = compute_queries(
+        lambda p, x: query_fn(p, {f: x[f] for f in inputs_used}), params,
+        evalsets[which].history, config.eval.batch_size,
+        config.data.get('buckets', ()),
+        extra=int(objective == 'cloze'))
+    out = evaluators[which].evaluate_queries(q, keys_fn(params))
+    out['eval_s'] = time.perf_counter() - t
+    return out
+
+  # ------------------------------------------------------------ loop
+  writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
+  budget_s = config.train.budget_minutes * 60.0
+  eval_every = config.train.eval_every_epochs * spe
+  metric = config.eval.select_metric
+  select_on = 'valid' if 'valid' in evaluators else None
+  best = dict(value=-math.inf, step=start)
+  best_params = None
+  history, bad_evals, train_s, last_loss = [], 0, 0.0, None
+  step = start
+  if mode == 'train' and step < total:
+    bar = tqdm.tqdm(total=total, initial=step, desc='train', unit='step',
+                    disable=not config.train.progress or
+                    jax.process_index() != 0, mininterval=2.0)
+    t_loop = time.perf_counter()
+    pending = []
+    while step < total:
+      batch = batcher.batch(step)
+      batch = {f: batch[f] for f in inputs_used}
+      lr = scheduled_lr(config.optimizer, step, total, train_s, budget_s)
+      run = executables[batch['item'].shape[1]]
+      state, aux = run(state, batch, np.float32(lr))
+      step += 1
+      pending.append(aux)
+      if len(pending) >= 2:
+        # Two steps in flight overlap host batching with device work and
+        # keep XLA:CPU's multi-device collectives from piling up.
+        jax.block_until_ready(pending[-2])
+      if step % config.train.log_every == 0 or step == total:
+        logs = jax.device_get(pending)
+        pending = []
+        mean = {k: float(np.mean([l[k] for l in logs])) for k in logs[0]}
+        if not all(np.isfinite(v) for v in mean.values()):
+          mgr.wait_until_finished()
+          raise NanLossError(
+              f'non-finite training metrics at step {step} (loss='
+              f'{mean["loss"]}): loss is NaN or infinite; training stopped. '
+              'Lower optimizer.learning_rate or check the data; the last '
+              'good checkpoint is kept in '
+              f'{os.path.join(workdir, "checkpoints")}')
+        mean.update(epoch=step / spe, learning_rate=lr)
+        last_loss = mean['loss']
+        writer.write(step, mean, prefix='train/')
+        bar.set_postfix(loss=f'{mean["loss"]:.4f}')
+      bar.update(1)
+      if step % config.train.checkpoint_every_steps == 0:
+        checkpoint.save(mgr, step, state)
+      train_s = time.perf_counter() - t_loop
+      if eval_every and step % eval_every == 0 and step < total:
+        t_eval = time.perf_counter()
+        which = select_on or 'test'
+        ev = evaluate(state.params, which)
+        t_loop += time.perf_counter() - t_eval   # Eval time is not train time.
+        writer.write(step, ev, prefix=f'{which}/')
+        history.append(dict(step=step, epoch=round(step / spe, 3), split=which,
+                            **{k: round(ev[k], 5) for k in (
+                                metric, 'uniform100_hr@10') if k in ev}))
+        logging.info('step %d %s %s', step, which, json.dumps(ev))
+        if select_on and ev[metric] > best['value']:
+          best, bad_evals = dict(value=ev[metric], step=step), 0
+          if config.train.get('keep_best', True):
+            best_params = jax.device_get(state.params)
+        elif select_on:
+          bad_evals += 1
+        if config.train.patience and bad_evals >= config.train.patience:
+          logging.info('early stop at step %d (best %s)', step, best)
+          break
+      if budget_s and train_s > budget_s:
+        logging.info('budget of %.1f min reached at step %d',
+                     config.train.budget_minutes, step)
+        break
+    bar.close()
+    if mgr.latest_step() != step:
+      checkpoint.save(mgr, step, state, force=True)
+  mgr.wait_until_finished()
+
+  # ------------------------------------------------------- final eval
+  params = state.params
+  if select_on:
+    ev = evaluate(params, select_on)
+    writer.write(step, ev, prefix=f'{select_on}/')
+    if ev[metric] > best['value'] or best_params is None:
+      best = dict(value=ev[metric], step=step)
+    else:
+      params = jax.device_put(best_params, shardings.params)
+  final = evaluate(params, 'test')
+  if not select_on:
+    best = dict(value=final[metric], step=step)
+  writer.write(step, final, prefix='test/')
+  writer.close()
+  params_l2 = float(sum(jnp.sum(jnp.square(x))
+                        for x in jax.tree.leaves(state.params)))
+  epochs = step / spe
+  return dict(
+      model=config.model.name, data=ds.name, attention=config.model.attention,
+      loss_name=config.loss.name, devices=jax.device_count(),
+      mesh=mesh_lib.describe(mesh), steps=step, epochs=round(epochs, 3),
+      steps_per_epoch=spe, resumed_from=restored_step,
+      train_s=round(train_s, 3),
+      step_s=round(train_s / max(step - start, 1), 5),
+      epoch_s=round(train_s / max((step - start) / spe, 1e-9), 3),
+      data_s=round(data_s, 3), compile_s=round(compile_s, 3),
+      **{k: round(v, 6) if isinstance(v, float) else v
+         for k, v in final.items()},
+      selected_on=select_on, **{f'best_{select_on or "test"}_{metric}':
+                                round(best['value'], 6)},
+      best_step=best['step'], loss=last_loss, history=history,
+      params_l2=params_l2, sharding=_placement(state.params))

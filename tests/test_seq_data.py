@@ -1,0 +1,110 @@
+"""recjax.data.sequences: padding, features, protocols and batching."""
+
+import numpy as np
+import pytest
+
+from recjax.data import sequences, splits
+from recjax.data.schema import EVENT_INDEX, Dataset, Interactions
+from recjax.data.synthetic import MarketplaceConfig, generate_marketplace
+
+
+def _inter(rows):
+  """rows: (user, item, timestamp[, event])."""
+  a = np.array(rows, np.int64)
+  event = a[:, 3] if a.shape[1] > 3 else None
+  return Interactions.create(a[:, 0], a[:, 1], timestamp=a[:, 2], event=event)
+
+
+def _sasrec_dataset(seqs):
+  """A leave-last-out Dataset from {user: [items in time order]}."""
+  rows = [(u, i, t) for u, items in seqs.items() for t, i in enumerate(items)]
+  inter = _inter(rows)
+  train, valid, test = splits.leave_last_out(inter, num_valid=1)
+  return Dataset('toy', num_users=max(seqs) + 1,
+                 num_items=int(inter.item.max()) + 1, train=train,
+                 valid=valid, test=test)
+
+
+def test_build_right_aligns_and_buckets_gaps():
+  inter = _inter([(1, 5, 100), (0, 3, 10), (1, 6, 101), (1, 7, 1000),
+                  (0, 4, 10)])
+  s = sequences.build(inter, num_users=3, width=4)
+  np.testing.assert_array_equal(s.users, [0, 1])
+  np.testing.assert_array_equal(s.item, [[0, 0, 4, 5], [0, 6, 7, 8]])
+  np.testing.assert_array_equal(s.length, [2, 3])
+  # First event 1; gap 0 s -> 2 + log2(1) = 2; 1 s -> 3; 899 s -> 2 + 9.
+  np.testing.assert_array_equal(s.gap, [[0, 0, 1, 2], [0, 1, 3, 11]])
+  np.testing.assert_array_equal(s.seen[1], [5, 6, 7])
+  short = sequences.build(inter, num_users=3, width=2)
+  np.testing.assert_array_equal(short.item, [[4, 5], [7, 8]])
+  assert len(short.seen[1]) == 3          # masking uses the full history
+
+
+def test_collapse_repeats_keeps_deepest_event():
+  view, click, cart = (EVENT_INDEX[e] for e in ('view', 'click', 'cart'))
+  inter = _inter([(0, 1, 1, view), (0, 1, 2, click), (0, 1, 3, cart),
+                  (0, 2, 9, view), (0, 1, 20, view)])
+  s = sequences.build(inter, 1, 5, collapse_repeats=True)
+  np.testing.assert_array_equal(s.item[0], [0, 0, 2, 3, 2])
+  np.testing.assert_array_equal(s.event[0, 2:], [cart, view, view])
+
+
+def test_leave_last_out_protocol():
+  ds = _sasrec_dataset({0: [1, 2, 3, 4, 5], 1: [6, 7, 8], 2: [9, 1, 2, 3]})
+  tr = sequences.train_sequences(ds, width=4)
+  # Train on all but the last 2: user 0 -> 1,2,3 (ids +1); user 1 has one
+  # training event, too short for a next-item pair.
+  np.testing.assert_array_equal(tr.users, [0, 2])
+  np.testing.assert_array_equal(tr.item, [[0, 2, 3, 4], [0, 0, 10, 2]])
+  valid = sequences.eval_set(ds, 4, 'valid')
+  np.testing.assert_array_equal(valid.targets[:, 0], [4, 7, 2])
+  np.testing.assert_array_equal(valid.history.item[0], [0, 2, 3, 4])
+  test = sequences.eval_set(ds, 4, 'test')
+  np.testing.assert_array_equal(test.targets[:, 0], [5, 8, 3])
+  np.testing.assert_array_equal(test.history.item[0], [2, 3, 4, 5])
+  np.testing.assert_array_equal(test.history.item[1], [0, 0, 7, 8])
+
+
+def test_temporal_protocol_on_marketplace():
+  ds = generate_marketplace(MarketplaceConfig.tiny())
+  es = sequences.eval_set(ds, 20, 'test', collapse_repeats=True)
+  assert sequences.eval_set(ds, 20, 'valid') is None
+  assert not np.isin(es.history.users, ds.cold_users).any()
+  for u, seen, t in zip(es.history.users, es.history.seen, es.targets):
+    t = t[t >= 0]
+    assert len(t) and not np.isin(t, seen).any()
+    assert set(t) == set(ds.test.item[ds.test.user == u])
+  side = sequences.item_side_features(ds)
+  assert side['seller'][0] == 0 and len(side['price']) == ds.num_items + 1
+  assert side['price'][1:].min() == 1 and side['price'].max() == 10
+
+
+def test_batcher_is_deterministic_and_bucketed():
+  rng = np.random.default_rng(0)
+  rows = [(u, int(i), t) for u in range(50)
+          for t, i in enumerate(rng.integers(0, 30, 2 + u))]
+  ds = Dataset('toy', 50, 30, train=_inter(rows), test=_inter(rows[:1]))
+  tr = sequences.train_sequences(ds, width=33)
+  b = sequences.SequenceBatcher(tr, batch_size=8, buckets=(8, 16), seed=3)
+  assert b.widths == (8, 16, 33) and b.steps_per_epoch == 6
+  seen_rows = []
+  for step in range(b.steps_per_epoch):
+    x = b.batch(step)
+    assert x['item'].shape[0] == 8 and x['item'].shape[1] in b.widths
+    assert set(x) == set(sequences.FEATURES)
+    w = x['item'].shape[1]
+    for row in x['item']:
+      full = tr.item[np.flatnonzero((tr.item[:, -w:] == row).all(1))[0]]
+      assert (full[:-w] == 0).all()     # nothing cut off on the left
+      seen_rows.append(tuple(full))
+  assert len(set(seen_rows)) == 48      # distinct rows within an epoch
+  again = sequences.SequenceBatcher(tr, 8, (8, 16), seed=3)
+  np.testing.assert_array_equal(again.batch(7)['item'], b.batch(7)['item'])
+
+
+def test_tf_dataset_batches():
+  pytest.importorskip('tensorflow')
+  ds = _sasrec_dataset({u: list(range(u % 5, u % 5 + 6)) for u in range(10)})
+  tr = sequences.train_sequences(ds, width=5)
+  batches = list(sequences.to_tf_dataset(tr, 4, features=('item',)))
+  assert len(batches) == 2 and batches[0]['item'].shape == (4, 5)

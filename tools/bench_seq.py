@@ -1,0 +1,131 @@
+"""Trains a sequence model within a wall-clock budget and evaluates it under
+both protocols: full ranking (all items, history masked) and sampled
+(100 negatives, uniform and by popularity; labelled).
+
+  python tools/bench_seq.py --model=sasrec --data=../shared/data/ml-1m \
+      --budget_minutes=60
+  python tools/bench_seq.py --model=bert4rec --data=../shared/data/ml-1m
+  python tools/bench_seq.py --model=features --data=marketplace   # synthetic
+
+--data is a SASRec-format file ("user item" per line, time-ordered per
+user; leave-last-out split), a directory holding one such .txt file, or
+'marketplace' (the synthetic marketplace, temporal split; --model=features
+there is the feature-rich session encoder, --model=sasrec its baseline).
+
+The last stdout line is one JSON object: 'full', 'uniform100' and
+'popularity100' (hr@K, ndcg@K, mrr...), epochs, steps, train_s, epoch_s,
+compile_s, eval_s, peak_rss_mb, best_step, history and the settings.
+"""
+
+import glob
+import json
+import os
+import resource
+import sys
+import tempfile
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'configs'))
+
+_MODEL = flags.DEFINE_enum('model', 'sasrec', ['sasrec', 'bert4rec',
+                                               'features'], 'Model.')
+_DATA = flags.DEFINE_string('data', None, "SASRec txt file or directory, or "
+                            "'marketplace'.")
+_BUDGET = flags.DEFINE_float('budget_minutes', 60.0, 'Training time budget.')
+_MAX_EPOCHS = flags.DEFINE_integer('max_epochs', None, 'Epoch cap '
+                                   '(default: the config\'s).')
+_EVAL_EVERY = flags.DEFINE_integer('eval_every_epochs', None,
+                                   'Validation every N epochs.')
+_LOSS = flags.DEFINE_string('loss', None, "'bce' | 'gbce' | "
+                            "'sampled_softmax' | 'full_softmax'.")
+_NEG = flags.DEFINE_integer('num_negatives', None, 'Sampled negatives.')
+_DIM = flags.DEFINE_integer('embed_dim', None, 'Hidden size.')
+_LR = flags.DEFINE_float('lr', None, 'Peak learning rate.')
+_ATTENTION = flags.DEFINE_enum('attention', None, ['full', 'local', 'linear'],
+                               'Attention kernel.')
+_MAX_LEN = flags.DEFINE_integer('max_len', None, 'History window.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Default: a temp dir.')
+flags.mark_flag_as_required('data')
+
+_PROTOCOLS = ('uniform100', 'popularity100')
+
+
+def _sasrec_file(path: str) -> str:
+  if os.path.isdir(path):
+    txt = sorted(glob.glob(os.path.join(path, '*.txt')))
+    if len(txt) != 1:
+      raise app.UsageError(f'--data={path}: expected one .txt file there, '
+                           f'found {len(txt)}')
+    return txt[0]
+  if not os.path.exists(path):
+    raise app.UsageError(f'--data={path} does not exist')
+  return path
+
+
+def _config():
+  import bert4rec_ml1m
+  import sasrec_ml1m
+  import session_marketplace
+  model = _MODEL.value
+  if _DATA.value == 'marketplace':
+    c = session_marketplace.get_config()
+    c.model.name = 'session' if model == 'features' else model
+  else:
+    c = (bert4rec_ml1m if model == 'bert4rec' else sasrec_ml1m).get_config()
+    c.data.path = _sasrec_file(_DATA.value)
+    if model == 'features':
+      c.model.name = 'session'
+  for value, node, key in ((_MAX_EPOCHS, c.train, 'num_epochs'),
+                           (_EVAL_EVERY, c.train, 'eval_every_epochs'),
+                           (_LOSS, c.loss, 'name'),
+                           (_NEG, c.loss, 'num_negatives'),
+                           (_DIM, c.model, 'embed_dim'),
+                           (_DIM, c.model, 'ff_dim'),
+                           (_LR, c.optimizer, 'learning_rate'),
+                           (_ATTENTION, c.model, 'attention'),
+                           (_MAX_LEN, c.model, 'max_len')):
+    if value.value is not None:
+      node[key] = value.value
+  c.train.budget_minutes = _BUDGET.value
+  c.train.checkpoint_every_steps = 10**9   # Benchmarks time training only.
+  c.train.progress = False
+  return c
+
+
+def main(argv):
+  del argv
+  from recjax.train import seq_trainer
+  c = _config()
+  workdir = _WORKDIR.value or tempfile.mkdtemp(prefix='bench_seq_')
+  r = seq_trainer.train_and_evaluate(c, workdir)
+  ks = tuple(c.eval.ks)
+  full = {f'{m}@{k}': r[f'{m}@{k}'] for k in ks
+          for m in ('hr', 'recall', 'ndcg', 'mrr', 'coverage')}
+  out = dict(model=_MODEL.value, model_name=r['model'], data=r['data'],
+             full=full)
+  for label in _PROTOCOLS:
+    keys = [k for k in r if k.startswith(label + '_')]
+    if keys:
+      out[label] = {k[len(label) + 1:]: r[k] for k in keys}
+  out.update({k: r[k] for k in (
+      'epochs', 'steps', 'steps_per_epoch', 'train_s', 'epoch_s', 'step_s',
+      'compile_s', 'eval_s', 'eval_users', 'selected_on', 'best_step',
+      'loss', 'devices')})
+  out['history'] = r['history']
+  out['settings'] = dict(
+      loss=c.loss.name, num_negatives=c.loss.num_negatives,
+      gbce_t=c.loss.gbce_t, embed_dim=c.model.embed_dim,
+      num_blocks=c.model.num_blocks, max_len=c.model.max_len,
+      attention=c.model.attention, dropout=c.model.dropout,
+      lr=c.optimizer.learning_rate, schedule=c.optimizer.schedule,
+      batch_size=c.train.batch_size, budget_minutes=_BUDGET.value)
+  out['peak_rss_mb'] = round(
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+  out['workdir'] = workdir
+  print(json.dumps(out), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
