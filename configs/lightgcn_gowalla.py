@@ -16,12 +16,12 @@ def get_config():
   c.data.name = 'lightgcn'
   c.data.path = os.path.join(common.SHARED_DATA, 'gowalla')
   c.data.event_types = ('click',)   # LightGCN txt has one event type
-  # Sampled softmax over 2048 shared uniform negatives with dot-product scores
+  # Sampled softmax over 4096 shared uniform negatives with dot-product scores
   # and large batches: propagation costs the same per step at any batch size,
   # so big batches with a higher, decaying learning rate converge in far
   # fewer seconds than the paper's BPR at batch 2048.
   c.loss.name = 'softmax'
-  c.loss.num_negatives = 2048
+  c.loss.num_negatives = 4096
   c.loss.temperature = 1.0
   c.loss.normalize = False
   c.optimizer.learning_rate = 5e-3

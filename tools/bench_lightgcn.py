@@ -36,7 +36,7 @@ _NEGW = flags.DEFINE_float('negative_weight', 150.0, 'ccl negative weight.')
 _BATCH = flags.DEFINE_integer('batch_size', 8192, 'Batch size.')
 _NEG = flags.DEFINE_integer(
     'num_negatives', None,
-    'Shared negatives (softmax, ccl; default: the config\'s 2048) or per '
+    'Shared negatives (softmax, ccl; default: the config\'s 4096) or per '
     'example (bpr; default 1).')
 _LR = flags.DEFINE_float('lr', 5e-3, 'Adam peak learning rate.')
 _SCHEDULE = flags.DEFINE_enum('schedule', 'cosine',
