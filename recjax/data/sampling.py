@@ -11,6 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def _epoch_permutation(sampler, epoch: int, n: int) -> np.ndarray:
+  """The sampler's permutation of n rows for `epoch`, cached for one epoch."""
+  if epoch != sampler._perm_epoch:
+    rng = np.random.default_rng([sampler.seed, epoch])
+    sampler._perm, sampler._perm_epoch = rng.permutation(n), epoch
+  return sampler._perm
+
+
 class PairSampler:
   """Samples (user, positive item, negatives) batches of static shape.
 
@@ -54,10 +62,8 @@ class PairSampler:
   def batch(self, step: int) -> dict:
     """The batch for global step `step`: dict of int32 arrays."""
     epoch, offset = divmod(step, self.steps_per_epoch)
-    if epoch != self._perm_epoch:
-      rng = np.random.default_rng([self.seed, epoch])
-      self._perm, self._perm_epoch = rng.permutation(len(self.users)), epoch
-    idx = self._perm[offset * self.batch_size:(offset + 1) * self.batch_size]
+    perm = _epoch_permutation(self, epoch, len(self.users))
+    idx = perm[offset * self.batch_size:(offset + 1) * self.batch_size]
     users, pos = self.users[idx], self.items[idx]
     rng = np.random.default_rng([self.seed, epoch, offset, 1])
     m = self.num_negatives
@@ -121,10 +127,8 @@ class UserSampler:
 
   def batch(self, step: int) -> dict:
     epoch, offset = divmod(step, self.steps_per_epoch)
-    if epoch != self._perm_epoch:
-      rng = np.random.default_rng([self.seed, epoch])
-      self._perm, self._perm_epoch = rng.permutation(len(self.ids)), epoch
-    rows = self._perm[offset * self.batch_size:(offset + 1) * self.batch_size]
+    perm = _epoch_permutation(self, epoch, len(self.ids))
+    rows = perm[offset * self.batch_size:(offset + 1) * self.batch_size]
     rng = np.random.default_rng([self.seed, epoch, offset, 2])
     b, l = len(rows), self.width
     n = np.minimum(self.counts[rows], l)

@@ -37,7 +37,7 @@ from recjax.train import checkpoint, mesh as mesh_lib, seq_losses
 from recjax.train.seq_eval import SeqEvaluator, compute_queries
 from recjax.train.state import (TrainState, create_sharded, make_optimizer,
                                 scheduled_lr)
-from recjax.train.trainer import NanLossError
+from recjax.train.trainer import mean_logs
 from recjax.train.writers import MetricWriter
 
 OBJECTIVE = dict(sasrec='next', session='next', bert4rec='cloze')
@@ -348,17 +348,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
         # keep XLA:CPU's multi-device collectives from piling up.
         jax.block_until_ready(pending[-2])
       if step % config.train.log_every == 0 or step == total:
-        logs = jax.device_get(pending)
+        mean = mean_logs(pending, step, mgr, workdir)
         pending = []
-        mean = {k: float(np.mean([l[k] for l in logs])) for k in logs[0]}
-        if not all(np.isfinite(v) for v in mean.values()):
-          mgr.wait_until_finished()
-          raise NanLossError(
-              f'non-finite training metrics at step {step} (loss='
-              f'{mean["loss"]}): loss is NaN or infinite; training stopped. '
-              'Lower optimizer.learning_rate or check the data; the last '
-              'good checkpoint is kept in '
-              f'{os.path.join(workdir, "checkpoints")}')
         mean.update(epoch=step / spe, learning_rate=lr)
         last_loss = mean['loss']
         writer.write(step, mean, prefix='train/')

@@ -40,6 +40,25 @@ class NanLossError(FloatingPointError):
   """Training diverged: the loss became NaN or infinite."""
 
 
+def mean_logs(pending: list, step: int, mgr, workdir: str) -> dict:
+  """Host means of the steps' metric dicts since the last log step.
+
+  One device_get per log step; metrics stay on device in between. Raises
+  NanLossError (after the in-flight checkpoint lands) if any is non-finite.
+  """
+  logs = jax.device_get(pending)
+  mean = {k: float(np.mean([l[k] for l in logs])) for k in logs[0]}
+  if not all(np.isfinite(v) for v in mean.values()):
+    mgr.wait_until_finished()
+    figures = ', '.join(f'{k}={v}' for k, v in mean.items())
+    raise NanLossError(
+        f'non-finite training metrics at step {step} ({figures}): loss is NaN '
+        'or infinite; training stopped. Lower optimizer.learning_rate or '
+        'check the data; the last good checkpoint is kept in '
+        f'{os.path.join(workdir, "checkpoints")}')
+  return mean
+
+
 def _positive_pairs(ds: Dataset, event_types) -> tuple[np.ndarray, np.ndarray]:
   tr = ds.train
   mask = np.isin(tr.event, [EVENT_INDEX[e] for e in event_types])
@@ -237,18 +256,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
         # when many multi-device executions queue up at once.
         jax.block_until_ready(pending[-2])
       if step % config.train.log_every == 0 or step == total:
-        # One device_get per log step; metrics stay on device in between.
-        logs = jax.device_get(pending)
+        mean = mean_logs(pending, step, mgr, workdir)
         pending = []
-        mean = {k: float(np.mean([l[k] for l in logs])) for k in logs[0]}
-        if not all(np.isfinite(v) for v in mean.values()):
-          mgr.wait_until_finished()
-          raise NanLossError(
-              f'non-finite training metrics at step {step} (loss='
-              f'{mean["loss"]}, reg={mean["reg"]}): loss is NaN or infinite; '
-              'training stopped. Lower optimizer.learning_rate or check the '
-              'data; the last good checkpoint is kept in '
-              f'{os.path.join(workdir, "checkpoints")}')
         mean['epoch'] = step / spe
         mean['learning_rate'] = lr
         last_loss = mean['loss']
