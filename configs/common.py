@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ks = (10, 20)
   c.eval.batch_size = 1024
   c.eval.select_metric = 'recall@20'
+  c.eval.cold_reveal = 3          # cold-start users reveal their first N test events
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)          # -1: every visible device on 'data'

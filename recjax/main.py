@@ -5,7 +5,8 @@
 
 The last line printed to stdout is one JSON object with the run's figures.
 Configs with `task = 'sequence'` (configs/sasrec_ml1m.py, ...) train through
-recjax.train.seq_trainer, all others through recjax.train.trainer.
+recjax.train.seq_trainer, `task = 'graph'` (configs/gnn_marketplace.py)
+through recjax.train.gnn_trainer, all others through recjax.train.trainer.
 """
 
 import json
@@ -40,6 +41,8 @@ def main(argv):
   config = _CONFIG.value
   if config.get('task', '') == 'sequence':
     from recjax.train import seq_trainer as chosen
+  elif config.get('task', '') == 'graph':
+    from recjax.train import gnn_trainer as chosen
   else:
     chosen = trainer
   try:

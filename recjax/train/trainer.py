@@ -29,7 +29,7 @@ from recjax.data.sampling import PairSampler, UserSampler
 from recjax.data.schema import EVENT_INDEX, Dataset
 from recjax.graph import HeteroGraph
 from recjax.ops.spmm import CsrMatrix
-from recjax.train import checkpoint, losses, mesh as mesh_lib
+from recjax.train import checkpoint, cold_start, losses, mesh as mesh_lib
 from recjax.train.evaluate import RankingEvaluator
 from recjax.train.state import (TrainState, create_sharded, make_optimizer,
                                 scheduled_lr)
@@ -145,6 +145,28 @@ def _evaluator(config, ds: Dataset) -> RankingEvaluator:
       ds.train.user, ds.train.item, ds.test.user, ds.test.item,
       ds.num_users, ds.num_items, ks=tuple(config.eval.ks),
       batch_size=config.eval.batch_size, exclude_users=ds.cold_users)
+
+
+def _cold_start_figures(config, ds: Dataset, train_items, users, items
+                        ) -> dict:
+  """Cold-start slices for a transductive model: a cold user is folded in as
+  the mean of their revealed items' final embeddings (one propagation step
+  from the new node's edges, no retraining); cold items keep their rows,
+  which training never pulled towards any user (LightGCN has no content)."""
+  cs = cold_start.make_cold_start(ds, config.eval.get('cold_reveal', 3),
+                                  tuple(config.eval.ks),
+                                  config.eval.batch_size)
+  if cs is None:
+    return {}
+  users, items = np.array(users), np.asarray(items)
+  r = cs.revealed
+  sums = np.zeros_like(users)
+  np.add.at(sums, r.user, items[r.item])
+  cnt = np.bincount(r.user, minlength=len(users))
+  cold = cs.revealed_users
+  users[cold] = sums[cold] / cnt[cold, None]
+  return {**cold_start.evaluate(cs, users, items),
+          **cold_start.popularity(cs, ds, train_items)}
 
 
 def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
@@ -300,6 +322,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
                                 pop[:, None])
   final.update({f'popularity_{k}': baseline[k] for k in
                 ('recall@20', 'ndcg@20') if k in baseline})
+  final.update(_cold_start_figures(config, ds, sampler.items,
+                                   *embed_fn(state.params, adj)))
   writer.write(step, final, prefix='eval/')
   writer.close()
   if final[metric] > best['value']:

@@ -1,0 +1,411 @@
+"""`train_and_evaluate` for sampled graph models (config.task == 'graph').
+
+GraphSAGE, PinSAGE, relational GAT and TGAT (recjax.models.gnn) learn from
+sampled neighbourhoods (recjax.graph.samplers), so no step touches the whole
+graph. A batch is B training (user, item) pairs: the seeds are the B users,
+their B items, M shared uniform negative items and, for PinSAGE, H hard
+negatives per pair from random-walk ranks (a curriculum: epoch e uses
+min(e, H) of them). The loss is the sampled softmax over those candidates.
+
+Batches are pure functions of (seed, step), so resumes and 1-vs-N-device
+runs see the same data. Evaluation embeds every user and item by sampling
+their neighbourhoods (fixed seed), then ranks fully like LightGCN; cold users
+are embedded from a few revealed edges added to the graph, cold items from
+content, both without retraining (recjax.train.cold_start).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from recjax.data import registry
+from recjax.data.sampling import _epoch_permutation
+from recjax.data.schema import EVENT_INDEX, Dataset
+from recjax.graph import samplers as samplers_lib
+from recjax.graph.nodes import NodeGraph, node_features
+from recjax.models.gnn import NodeEncoder, SampledGNN
+from recjax.train import checkpoint, cold_start, mesh as mesh_lib
+from recjax.train.evaluate import RankingEvaluator
+from recjax.train.state import TrainState, create_sharded, make_optimizer, \
+    scheduled_lr
+from recjax.train.trainer import mean_logs
+from recjax.train.writers import MetricWriter
+
+DEFAULT_SAMPLER = dict(graphsage='uniform', gat='uniform',
+                       pinsage='random_walk', tgat='temporal')
+
+
+def make_sampler(config, graph: NodeGraph):
+  g = config.graph
+  kind = g.sampler or DEFAULT_SAMPLER.get(config.model.name)
+  if kind == 'uniform':
+    return samplers_lib.NeighborSampler(graph, g.fanouts)
+  if kind == 'random_walk':
+    return samplers_lib.RandomWalkSampler(
+        graph, g.fanouts, num_walks=g.num_walks, walk_length=g.walk_length,
+        seed=config.seed)
+  if kind == 'temporal':
+    return samplers_lib.TemporalSampler(graph, g.fanouts,
+                                        strategy=g.temporal_strategy)
+  raise ValueError(f'graph.sampler={kind!r} is not one of uniform, '
+                   'random_walk, temporal')
+
+
+def build_model(config, graph: NodeGraph, feats: dict, sampler,
+                pad_to: int = 128) -> SampledGNN:
+  m = config.model
+  has_content = 'text' in feats
+  enc = NodeEncoder(
+      num_nodes=graph.num_nodes, embed_dim=m.embed_dim,
+      item_offset=graph.offsets['item'], num_items=graph.counts['item'],
+      text_vocab=int(feats['text'].max()) + 1 if has_content else 0,
+      price_buckets=int(feats['price_bucket'].max()) + 1 if has_content
+      else 0, id_dropout=m.id_dropout, init_std=m.init_std, pad_to=pad_to)
+  return SampledGNN(kind=m.name, encoder=enc, num_layers=len(
+      config.graph.fanouts), num_relations=sampler.num_relations,
+                    aggregator=m.aggregator, combine=m.combine, heads=m.heads)
+
+
+class PairStream:
+  """Training pairs (user, item, first time) by epoch permutation.
+
+  `batch(step)` -> dict of numpy: user [B], pos [B], time [B], neg [M]
+  (shared uniform items), and hard [B, H] / hard_mask [B, H] when a hard
+  negative table is given (the curriculum: min(epoch, H) active columns).
+  """
+
+  def __init__(self, ds: Dataset, event_types, batch_size: int,
+               num_negatives: int, seed: int, hard_table=None,
+               num_hard: int = 0):
+    tr = ds.train
+    keep = np.isin(tr.event, [EVENT_INDEX[e] for e in event_types])
+    u, i, t = tr.user[keep], tr.item[keep], tr.timestamp[keep]
+    order = np.lexsort((t, i, u))
+    u, i, t = u[order], i[order], t[order]
+    first = np.r_[True, (u[1:] != u[:-1]) | (i[1:] != i[:-1])]
+    self.users, self.items, self.times = u[first], i[first], t[first]
+    if len(self.users) < batch_size:
+      raise ValueError(f'batch_size {batch_size} exceeds the '
+                       f'{len(self.users)} training pairs')
+    self.num_items, self.batch_size = ds.num_items, batch_size
+    self.num_negatives, self.seed = num_negatives, seed
+    self.hard_table, self.num_hard = hard_table, num_hard
+    self._perm_epoch, self._perm = -1, None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.users) // self.batch_size
+
+  def batch(self, step: int) -> dict:
+    epoch, offset = divmod(step, self.steps_per_epoch)
+    perm = _epoch_permutation(self, epoch, len(self.users))
+    idx = perm[offset * self.batch_size:(offset + 1) * self.batch_size]
+    rng = np.random.default_rng([self.seed, epoch, offset, 3])
+    out = dict(user=self.users[idx], pos=self.items[idx],
+               time=self.times[idx],
+               neg=rng.integers(0, self.num_items, self.num_negatives,
+                                dtype=np.int32))
+    if self.num_hard:
+      cand = self.hard_table[out['pos']]                    # [B, W]
+      col = rng.integers(0, cand.shape[1], (len(idx), self.num_hard))
+      hard = np.take_along_axis(cand, col, 1)
+      ok = hard >= 0
+      hard = np.where(ok, hard, rng.integers(0, self.num_items, hard.shape))
+      active = np.arange(self.num_hard)[None, :] < min(epoch, self.num_hard)
+      out['hard'] = hard.astype(np.int32)
+      out['hard_mask'] = np.broadcast_to(active, hard.shape).copy()
+    return out
+
+
+def seed_block(graph: NodeGraph, sampler, pairs: dict, rng) -> dict:
+  """The sampled Block of one batch: seeds users | pos | neg | hard."""
+  b = len(pairs['user'])
+  u = graph.ids('user', pairs['user'])
+  p = graph.ids('item', pairs['pos'])
+  n = graph.ids('item', pairs['neg'])
+  parts, times, excl = [u, p, n], [pairs['time']] * 2, [p, u]
+  times.append(rng.choice(pairs['time'], len(n)))
+  excl.append(np.full(len(n), -1, np.int32))
+  if 'hard' in pairs:
+    h = graph.ids('item', pairs['hard'].reshape(-1))
+    parts.append(h)
+    times.append(np.repeat(pairs['time'], pairs['hard'].shape[1]))
+    excl.append(np.full(len(h), -1, np.int32))
+  del b
+  block = sampler.sample(np.concatenate(parts), rng,
+                         times=np.concatenate(times),
+                         exclude=np.concatenate(excl))
+  return block.as_dict()
+
+
+def _loss_fn(model, cfg, b: int, m: int):
+  tau = cfg.loss.temperature
+
+  def loss_fn(params, batch, feats, rng):
+    emb = model.apply({'params': params}, batch['block'], feats, train=True,
+                      rngs={'dropout': rng})
+    u, p, n = emb[:b], emb[b:2 * b], emb[2 * b:2 * b + m]
+    s_pos = jnp.sum(u * p, -1, keepdims=True) / tau
+    s_neg = u @ n.T / tau
+    s_neg = jnp.where(batch['pos'][:, None] == batch['neg'][None, :], -1e9,
+                      s_neg)
+    logits = [s_pos, s_neg]
+    if 'hard' in batch:
+      hard = emb[2 * b + m:].reshape(b, -1, emb.shape[-1])
+      s_hard = jnp.einsum('bd,bhd->bh', u, hard) / tau
+      logits.append(jnp.where(batch['hard_mask'] & (
+          batch['hard'] != batch['pos'][:, None]), s_hard, -1e9))
+    logits = jnp.concatenate(logits, -1)
+    loss = jnp.mean(jax.nn.logsumexp(logits, -1) - s_pos[:, 0])
+    return loss, dict(loss=loss)
+
+  return loss_fn
+
+
+class Embedder:
+  """Embeds node ids in fixed-size chunks (one compilation)."""
+
+  def __init__(self, model, feats, chunk: int, seed: int):
+    self.chunk, self.seed, self.feats = chunk, seed, feats
+    self._fn = jax.jit(lambda params, block, feats: model.apply(
+        {'params': params}, block, feats, train=False))
+
+  def __call__(self, params, sampler, ids, time=None) -> np.ndarray:
+    out = []
+    for a in range(0, len(ids), self.chunk):
+      part = ids[a:a + self.chunk]
+      seeds = np.full(self.chunk, -1, np.int32)
+      seeds[:len(part)] = part
+      times = None if time is None else np.full(self.chunk, time, np.int64)
+      rng = np.random.default_rng([self.seed, 99, a])
+      block = sampler.sample(seeds, rng, times=times).as_dict()
+      out.append(np.asarray(self._fn(params, block, self.feats))[:len(part)])
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
+  """Trains a sampled GNN (resuming from checkpoints), then evaluates warm
+  users, cold users and cold items. Returns a flat dict of figures."""
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  t0 = time.perf_counter()
+  ds = registry.load_dataset(config.data)
+  events = tuple(config.data.event_types)
+  graph = NodeGraph.from_dataset(ds, events)
+  feats_np = node_features(graph, ds)
+  sampler = make_sampler(config, graph)
+  hard_table, num_hard = None, 0
+  if config.model.name == 'pinsage' and config.graph.num_hard_negatives:
+    hard_table = samplers_lib.hard_negative_table(
+        graph, tuple(config.graph.hard_ranks), seed=config.seed)
+    num_hard = config.graph.num_hard_negatives
+  stream = PairStream(ds, events, config.train.batch_size,
+                      config.loss.num_negatives, config.seed, hard_table,
+                      num_hard)
+  mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  b, m = config.train.batch_size, config.loss.num_negatives
+  seeds = (2 + num_hard) * b + m
+  data_size = mesh_lib.describe(mesh).get('data', 1)
+  if seeds % data_size or b % data_size:
+    raise ValueError(f'seeds per batch (2 + hard) * batch_size + negatives '
+                     f'= {seeds} and batch_size {b} must divide over the {data_size} data '
+                     'shards; change train.batch_size or loss.num_negatives')
+  rep = mesh_lib.replicated(mesh)
+  feats = jax.device_put(feats_np, rep)
+  # The padding of the id table must not depend on the device count (up to
+  # 128), so 1 and N devices build the same model.
+  model = build_model(config, graph, feats_np, sampler,
+                      pad_to=math.lcm(128, mesh.size))
+  data_s = time.perf_counter() - t0
+  logging.info('graph %s in %.1fs', graph.summary(), data_s)
+
+  spe = stream.steps_per_epoch
+  total = (config.train.num_steps if config.train.num_steps > 0
+           else config.train.num_epochs * spe)
+  tx = make_optimizer(config.optimizer)
+  example = seed_block(graph, sampler, stream.batch(0),
+                       np.random.default_rng(0))
+
+  def init_fn(rng):
+    params = model.init(rng, example, feats)['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+
+  state, abstract, shardings = create_sharded(
+      init_fn, jax.random.key(config.seed), mesh, rules)
+  mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+  restored_step, restored = checkpoint.restore_latest(mgr, abstract,
+                                                      shardings)
+  if restored is not None:
+    state = restored
+  start = int(jax.device_get(state.step))
+  loss_fn = _loss_fn(model, config, b, m)
+  base_key = jax.random.key(config.seed + 1)
+
+  def train_step(state, batch, feats, lr):
+    rng = jax.random.fold_in(base_key, state.step)
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, feats, rng)
+    opt_state = state.opt_state
+    opt_state.hyperparams['learning_rate'] = lr
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+    return TrainState(state.step + 1, optax.apply_updates(
+        state.params, updates), opt_state), aux
+
+  bs = mesh_lib.batch_sharding(mesh, rules)
+  shard_tree = lambda t: jax.tree.map(lambda _: bs, t)
+  batch_shardings = dict(block=shard_tree(example), pos=bs, neg=rep)
+  if num_hard:
+    batch_shardings.update(hard=bs, hard_mask=bs)
+  step_fn = jax.jit(train_step,
+                    in_shardings=(shardings, batch_shardings, rep, rep),
+                    out_shardings=(shardings, rep), donate_argnums=0)
+
+  def make_batch(step):
+    pairs = stream.batch(step)
+    rng = np.random.default_rng([config.seed, step, 7])
+    out = dict(block=seed_block(graph, sampler, pairs, rng), pos=pairs['pos'],
+               neg=pairs['neg'])
+    if num_hard:
+      out.update(hard=pairs['hard'], hard_mask=pairs['hard_mask'])
+    return out
+
+  writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
+  budget_s = config.train.budget_minutes * 60.0
+  train_s, step, last_loss, losses = 0.0, start, None, []
+  if mode == 'train' and step < total:
+    bar = tqdm.tqdm(total=total, initial=step, desc='train', unit='step',
+                    disable=not config.train.progress or
+                    jax.process_index() != 0, mininterval=2.0)
+    t_loop, pending = time.perf_counter(), []
+    while step < total:
+      lr = scheduled_lr(config.optimizer, step, total, train_s, budget_s)
+      state, aux = step_fn(state, make_batch(step), feats, np.float32(lr))
+      step += 1
+      pending.append(aux)
+      if len(pending) >= 2:
+        jax.block_until_ready(pending[-2])
+      if step % config.train.log_every == 0 or step == total:
+        mean = mean_logs(pending, step, mgr, workdir)
+        pending = []
+        mean.update(epoch=step / spe, learning_rate=lr)
+        last_loss = mean['loss']
+        losses.append(last_loss)
+        writer.write(step, mean, prefix='train/')
+        bar.set_postfix(loss=f'{last_loss:.4f}')
+      bar.update(1)
+      if step % config.train.checkpoint_every_steps == 0:
+        checkpoint.save(mgr, step, state)
+      train_s = time.perf_counter() - t_loop
+      if budget_s and train_s > budget_s:
+        logging.info('budget reached at step %d', step)
+        break
+    bar.close()
+    if pending:
+      last_loss = mean_logs(pending, step, mgr, workdir)['loss']
+    if mgr.latest_step() != step:
+      checkpoint.save(mgr, step, state, force=True)
+  mgr.wait_until_finished()
+
+  # ------------------------------------------------------------ evaluation
+  t_eval = time.perf_counter()
+  final = evaluate_all(config, ds, graph, sampler, model, feats, state.params,
+                       stream.items)
+  final['eval_s'] = time.perf_counter() - t_eval
+  writer.write(step, {k: v for k, v in final.items()
+                      if isinstance(v, float)}, prefix='eval/')
+  writer.close()
+  steps_run = step - start
+  return dict(
+      model=config.model.name, data=ds.name, devices=jax.device_count(),
+      mesh=mesh_lib.describe(mesh), steps=step, epochs=round(step / spe, 3),
+      steps_per_epoch=spe, resumed_from=restored_step,
+      train_s=round(train_s, 3), step_s=round(train_s / max(steps_run, 1), 5),
+      seeds_per_s=round(steps_run * b / max(train_s, 1e-9), 1),
+      data_s=round(data_s, 3), loss=last_loss, loss_curve=losses,
+      graph=graph.summary(), compilations=step_fn._cache_size(),
+      **{k: round(v, 6) if isinstance(v, float) else v
+         for k, v in final.items()})
+
+
+def evaluate_all(config, ds: Dataset, graph: NodeGraph, sampler, model,
+                 feats, params, train_items) -> dict:
+  """Warm full ranking, popularity, cold users (fold-in) and cold items.
+
+  Popularity counts `train_items` (the training pairs' items, as the
+  LightGCN trainer does), so both trainers report the same baseline.
+  """
+  ks = tuple(config.eval.ks)
+  embed = Embedder(model, feats, config.eval.embed_chunk, config.seed)
+  now = int(ds.train.timestamp.max()) + 1
+  tq = now if isinstance(sampler, samplers_lib.TemporalSampler) else None
+  users = embed(params, sampler, graph.ids('user', np.arange(ds.num_users)),
+                tq)
+  items = embed(params, sampler, graph.ids('item', np.arange(ds.num_items)),
+                tq)
+  evaluator = RankingEvaluator(ds.train.user, ds.train.item, ds.test.user,
+                               ds.test.item, ds.num_users, ds.num_items,
+                               ks=ks, batch_size=config.eval.batch_size,
+                               exclude_users=ds.cold_users)
+  out = evaluator.evaluate(users, items)
+  pop = np.bincount(train_items, minlength=ds.num_items).astype(np.float32)
+  base = evaluator.evaluate(np.ones((ds.num_users, 1), np.float32),
+                            pop[:, None])
+  out.update({f'popularity_{k}': base[k] for k in ('recall@20', 'ndcg@20')})
+  if config.model.name == 'gat':
+    out['relation_attention'] = relation_attention(
+        graph, sampler, model, feats, params,
+        graph.ids('user', np.arange(min(ds.num_users, 2048))), config.seed)
+  cs = cold_start.make_cold_start(ds, config.eval.cold_reveal, ks,
+                                  config.eval.batch_size)
+  if cs is not None:
+    # Fold-in: the cold users' revealed edges join the graph; no retraining.
+    r = cs.revealed
+    g2 = graph.with_edges(r.user, r.item, r.event, r.timestamp)
+    s2 = make_sampler(config, g2)
+    cold = cs.revealed_users
+    tq2 = None if tq is None else int(max(now, r.timestamp.max() + 1))
+    users = np.array(users)
+    users[cold] = embed(params, s2, graph.ids('user', cold), tq2)
+    out.update(cold_start.evaluate(cs, users, items))
+    out.update(cold_start.popularity(cs, ds, train_items))
+  return out
+
+
+def relation_attention(graph: NodeGraph, sampler, model, feats, params,
+                       seeds: np.ndarray, seed: int = 0) -> dict:
+  """GAT's first-layer attention on the seeds' own neighbours, per relation.
+
+  Returns {relation: mean attention of an edge of that relation x the
+  number of neighbours}, so 1.0 means "weighted like the average
+  neighbour" and a purchase at 2.0 counts twice as much as that.
+  """
+  block = sampler.sample(seeds, np.random.default_rng([seed, 5])).as_dict()
+  _, inter = model.apply({'params': params}, block, feats,
+                         mutable=['intermediates'])
+  alpha = np.asarray(inter['intermediates']['layer0']['attention'][0])
+  n1 = len(block['ids'][1])
+  alpha = alpha[:n1].mean(-1)              # seed level (l = 0), mean of heads
+  rel, valid = np.asarray(block['rel'][1]), np.asarray(block['ids'][1]) >= 0
+  per_seed = np.add.reduceat(valid.astype(np.float64),
+                             np.arange(0, n1, n1 // len(seeds)))
+  scaled = alpha * np.repeat(per_seed, n1 // len(seeds))
+  out = {}
+  for r, name in enumerate(graph.relations):
+    m = valid & (rel == r)
+    if m.any():
+      out[name] = round(float(scaled[m].mean()), 4)
+  return out

@@ -1,0 +1,125 @@
+"""Trains one graph model within a time budget and scores it on warm users,
+cold users and cold items, each beside the popularity baseline.
+
+  python tools/bench_gnn.py --model=graphsage --data=marketplace \
+      --budget_minutes=10
+  python tools/bench_gnn.py --model=lightgcn --data=../shared/data/gowalla \
+      --budget_minutes=30
+
+--model: lightgcn | graphsage | pinsage | gat | tgat. --data: 'marketplace'
+(the synthetic marketplace; --users/--items/--events size it) or a LightGCN
+txt directory (no catalog, so no cold-start slices). Models other than
+lightgcn use configs/gnn_marketplace.py; lightgcn uses configs/quickstart.py
+on the marketplace and configs/lightgcn_gowalla.py on a path.
+
+The last stdout line is one JSON object: recall@20, ndcg@20,
+popularity_recall@20, train_s, seeds_per_s (training pairs per second),
+peak_rss_mb, and on the marketplace cold_user_recall@20,
+cold_item_recall@20, popularity_cold_user_recall@20,
+popularity_cold_item_recall@20 (and the ndcg@20 of each), plus epochs,
+step_s and the settings.
+"""
+
+import json
+import os
+import resource
+import sys
+import tempfile
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'configs'))
+sys.path.insert(0, REPO)
+
+MODELS = ('lightgcn', 'graphsage', 'pinsage', 'gat', 'tgat')
+_MODEL = flags.DEFINE_enum('model', 'graphsage', MODELS, 'Model.')
+_DATA = flags.DEFINE_string('data', 'marketplace',
+                            "'marketplace' or a LightGCN txt directory.")
+_BUDGET = flags.DEFINE_float('budget_minutes', 10.0, 'Training time budget.')
+_EPOCHS = flags.DEFINE_integer('epochs', None, 'Epoch cap (default: config).')
+_STEPS = flags.DEFINE_integer('steps', None, 'Step cap (smoke runs).')
+_BATCH = flags.DEFINE_integer('batch_size', None, 'Default: config.')
+_FANOUTS = flags.DEFINE_list('fanouts', None, 'Per-hop fan-outs.')
+_DIM = flags.DEFINE_integer('embed_dim', None, 'Default: config.')
+_USERS = flags.DEFINE_integer('users', None, 'Marketplace users.')
+_ITEMS = flags.DEFINE_integer('items', None, 'Marketplace items.')
+_SELLERS = flags.DEFINE_integer('sellers', None, 'Marketplace sellers.')
+_EVENTS = flags.DEFINE_integer('events', None, 'Marketplace events.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Default: a temp dir.')
+
+KEYS = ('recall@20', 'ndcg@20', 'popularity_recall@20',
+        'popularity_ndcg@20', 'cold_user_recall@20', 'cold_user_ndcg@20',
+        'popularity_cold_user_recall@20', 'popularity_cold_user_ndcg@20',
+        'cold_item_recall@20', 'cold_item_ndcg@20',
+        'popularity_cold_item_recall@20', 'popularity_cold_item_ndcg@20',
+        'coverage@20', 'epochs', 'steps', 'train_s', 'step_s', 'eval_s',
+        'devices', 'compilations', 'relation_attention')
+
+
+def _config():
+  on_path = _DATA.value != 'marketplace'
+  if _MODEL.value == 'lightgcn':
+    if on_path:
+      import lightgcn_gowalla
+      c = lightgcn_gowalla.get_config()
+    else:
+      import quickstart
+      c = quickstart.get_config()
+  else:
+    import gnn_marketplace
+    c = gnn_marketplace.get_config(_MODEL.value)
+    if _FANOUTS.value:
+      c.graph.fanouts = tuple(int(f) for f in _FANOUTS.value)
+  if on_path:
+    if not os.path.isdir(_DATA.value):
+      raise app.UsageError(f'--data={_DATA.value}: not a directory (want '
+                           "'marketplace' or a LightGCN txt directory)")
+    c.data.name, c.data.path = 'lightgcn', _DATA.value
+    c.data.event_types = ('click',)
+  else:
+    for flag, field in ((_USERS, 'num_users'), (_ITEMS, 'num_items'),
+                        (_SELLERS, 'num_sellers'), (_EVENTS, 'num_events')):
+      if flag.value is not None:
+        c.data.marketplace[field] = flag.value
+  if _EPOCHS.value is not None:
+    c.train.num_epochs = _EPOCHS.value
+  if _STEPS.value is not None:
+    c.train.num_steps = _STEPS.value
+  if _BATCH.value is not None:
+    c.train.batch_size = _BATCH.value
+  if _DIM.value is not None:
+    c.model.embed_dim = _DIM.value
+  c.train.budget_minutes = _BUDGET.value
+  c.train.eval_every_epochs = 0
+  c.train.checkpoint_every_steps = 10**9   # Benchmarks time training only.
+  c.train.tensorboard = False
+  return c
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  c = _config()
+  if _MODEL.value == 'lightgcn':
+    from recjax.train import trainer as chosen
+  else:
+    from recjax.train import gnn_trainer as chosen
+  workdir = _WORKDIR.value or tempfile.mkdtemp(prefix='bench_gnn_')
+  r = chosen.train_and_evaluate(c, workdir)
+  out = dict(model=_MODEL.value, data=_DATA.value)
+  out.update({k: r[k] for k in KEYS if k in r})
+  out['seeds_per_s'] = round(
+      r['steps'] * c.train.batch_size / max(r['train_s'], 1e-9), 1)
+  out['settings'] = dict(
+      batch_size=c.train.batch_size, embed_dim=c.model.embed_dim,
+      budget_minutes=_BUDGET.value, num_epochs=c.train.num_epochs,
+      fanouts=list(c.graph.fanouts) if 'graph' in c else None,
+      marketplace=c.data.marketplace.to_dict())
+  out['peak_rss_mb'] = round(
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+  print(json.dumps(out), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
