@@ -171,3 +171,22 @@ def test_bench_gnn_prints_the_figures():
             'cold_item_recall@20', 'popularity_cold_user_recall@20',
             'popularity_cold_item_recall@20'):
     assert k in out, k
+
+
+def test_bench_gnn_reads_lightgcn_txt(tmp_path):
+  rng = np.random.default_rng(0)
+  with open(tmp_path / 'train.txt', 'w') as tr, \
+       open(tmp_path / 'test.txt', 'w') as te:
+    for u in range(120):
+      items = rng.choice(80, 12, replace=False)
+      tr.write(' '.join(map(str, [u, *items[:9]])) + '\n')
+      te.write(' '.join(map(str, [u, *items[9:]])) + '\n')
+  cmd = [sys.executable, 'tools/bench_gnn.py', '--model=graphsage',
+         f'--data={tmp_path}', '--steps=5', '--batch_size=64',
+         '--fanouts=3,2', '--embed_dim=8']
+  proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
+                        text=True, timeout=600, env=helpers.env_with())
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out['steps'] == 5 and 0 <= out['recall@20'] <= 1
+  assert 'cold_user_recall@20' not in out       # no cold slices in txt data

@@ -59,6 +59,8 @@ class Block:
 class _Sampler:
   """Shared multi-hop loop; subclasses implement `_hop`."""
 
+  uses_time = False   # Query times are ignored unless the sampler uses them.
+
   def __init__(self, graph: NodeGraph, fanouts: Sequence[int]):
     if not fanouts or min(fanouts) < 1:
       raise ValueError(f'fanouts must be positive, got {list(fanouts)}')
@@ -87,7 +89,8 @@ class _Sampler:
     ids, rel = [seeds], [np.zeros(len(seeds), np.int32)]
     weight = [(seeds >= 0).astype(np.float32)]
     dt = [np.zeros(len(seeds), np.float32)]
-    t = None if times is None else np.asarray(times, np.int64)
+    t = None if times is None or not self.uses_time else np.asarray(
+        times, np.int64)
     for hop, f in enumerate(self.fanouts):
       nb, r, w, et = self._hop(ids[-1], t, f, rng)
       if hop == 0 and exclude is not None:
@@ -129,6 +132,8 @@ class NeighborSampler(_Sampler):
 
 class TemporalSampler(_Sampler):
   """Edges strictly before each node's query time: 'recent' or 'uniform'."""
+
+  uses_time = True
 
   def __init__(self, graph: NodeGraph, fanouts: Sequence[int],
                strategy: str = 'recent'):
@@ -280,13 +285,15 @@ def hard_negative_table(graph: NodeGraph, ranks: tuple[int, int] = (10, 60),
 
 
 def tf_dataset(make_batch, num_steps: int, start: int = 0,
-               prefetch: int = 2):
+               prefetch: int = 2, num_parallel_calls: Optional[int] = None):
   """Streams `make_batch(step)` for steps [start, num_steps) through tf.data.
 
   `make_batch` is any pure numpy function of the step returning a flat dict
   of arrays of static shape (e.g. a sampler's Block plus the pairs), so
   sampling runs in tf.data's threads, overlapped with the device step, and
-  a resumed run restarts the stream at its step.
+  a resumed run restarts the stream at its step. `num_parallel_calls`
+  workers sample concurrently (None: tf.data.AUTOTUNE); the order of the
+  batches stays the order of the steps.
 
   Returns:
     A tf.data.Dataset of dicts of tf.Tensors (use `.as_numpy_iterator()`).
@@ -308,5 +315,6 @@ def tf_dataset(make_batch, num_steps: int, start: int = 0,
                                                                spec)}
 
   ds = tf.data.Dataset.range(start, num_steps).map(
-      fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      fn, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
+      deterministic=True)
   return ds.prefetch(prefetch)
