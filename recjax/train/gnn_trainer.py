@@ -181,12 +181,19 @@ class Embedder:
         {'params': params}, block, feats, train=False))
 
   def __call__(self, params, sampler, ids, time=None) -> np.ndarray:
+    """Embeddings [len(ids), D] of global ids; `time` (a scalar or one per
+    id) is the query time of temporal samplers."""
     out = []
+    if time is not None:
+      time = np.broadcast_to(np.asarray(time, np.int64), (len(ids),))
     for a in range(0, len(ids), self.chunk):
       part = ids[a:a + self.chunk]
       seeds = np.full(self.chunk, -1, np.int32)
       seeds[:len(part)] = part
-      times = None if time is None else np.full(self.chunk, time, np.int64)
+      times = None
+      if time is not None:
+        times = np.zeros(self.chunk, np.int64)
+        times[:len(part)] = time[a:a + self.chunk]
       rng = np.random.default_rng([self.seed, 99, a])
       block = sampler.sample(seeds, rng, times=times).as_dict()
       out.append(np.asarray(self._fn(params, block, self.feats))[:len(part)])
@@ -377,7 +384,13 @@ def evaluate_all(config, ds: Dataset, graph: NodeGraph, sampler, model,
     g2 = graph.with_edges(r.user, r.item, r.event, r.timestamp)
     s2 = make_sampler(config, g2)
     cold = cs.revealed_users
-    tq2 = None if tq is None else int(max(now, r.timestamp.max() + 1))
+    tq2 = None
+    if tq is not None:
+      # Each cold user is embedded just after their last revealed event:
+      # the moment they have those few edges (and no later information).
+      last = np.zeros(ds.num_users, np.int64)
+      np.maximum.at(last, r.user, r.timestamp)
+      tq2 = np.maximum(last[cold] + 1, now)
     users = np.array(users)
     users[cold] = embed(params, s2, graph.ids('user', cold), tq2)
     out.update(cold_start.evaluate(cs, users, items))

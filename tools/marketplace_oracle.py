@@ -1,0 +1,81 @@
+"""How well could any model rank the synthetic marketplace's test split?
+
+Scores every (user, item) by the generator's own hidden model and evaluates
+that ranking exactly like a trained model (full ranking, training items
+masked, warm users):
+
+  oracle(u, i) = log exposure(u, i) + preference(u, i)
+  exposure     = 1/2 taste(u, leaf(i)) pop(i) / pop(leaf(i)) + 1/2 pop(i)
+                 (half of each session's pool is drawn from its intent leaf,
+                 half from the whole catalogue, both by popularity)
+  preference   = <user, item factors> + 1/2 log affinity(u, root(i))
+                 + 0.7 [favourite seller] - sensitivity * price_z
+                 (freshness, which depends on the session's time, is left out)
+
+A Plackett-Luce choice from the pool picks item i about in proportion to
+exposure x exp(preference), so this is close to the best possible ranker;
+it bounds what Recall@20 the data can support.
+
+  python tools/marketplace_oracle.py [--users=6000 --items=3000 ...]
+
+The last stdout line is one JSON object: oracle_recall@20, oracle_ndcg@20,
+popularity_recall@20 and their ratio.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_USERS = flags.DEFINE_integer('users', None, 'Default: MarketplaceConfig.')
+_ITEMS = flags.DEFINE_integer('items', None, 'Default: MarketplaceConfig.')
+_EVENTS = flags.DEFINE_integer('events', None, 'Default: MarketplaceConfig.')
+
+
+def main(argv):
+  del argv
+  import numpy as np
+  from recjax.data import synthetic
+  from recjax.train.evaluate import RankingEvaluator
+  kw = {k: f.value for k, f in (('num_users', _USERS), ('num_items', _ITEMS),
+                                ('num_events', _EVENTS)) if f.value}
+  cfg = synthetic.MarketplaceConfig(**kw)
+  events, catalog, truth = synthetic.generate_events(cfg)
+  ds = synthetic.split_marketplace(events, catalog, cfg)
+  num_leaves = len(truth['leaf_size'])
+  leaf = catalog.leaf_category - (len(catalog.category_parent) - num_leaves)
+  pop = truth['item_popularity'].astype(np.float64)
+  pop = pop / pop.sum()
+  leaf_pop = np.bincount(leaf, weights=pop, minlength=num_leaves)
+  cdf = truth['user_leaf_cdf'].astype(np.float64)
+  taste = np.diff(np.concatenate([np.zeros((len(cdf), 1)), cdf], 1), axis=1)
+  expo = 0.5 * taste[:, leaf] * (pop / np.maximum(leaf_pop[leaf], 1e-30)) \
+      + 0.5 * pop[None, :]
+  pref = truth['user_factors'] @ truth['item_factors'].T
+  pref += 0.5 * truth['user_root_log_affinity'][:, catalog.taxonomy[:, 0]]
+  fav = (catalog.seller[None, :, None]
+         == truth['user_sellers'][:, None, :]).any(-1)
+  pref += 0.7 * fav
+  pref -= truth['user_price_sensitivity'][:, None] * truth['price_z'][None, :]
+  oracle = (np.log(expo + 1e-30) + pref).astype(np.float32)
+  ev = RankingEvaluator(ds.train.user, ds.train.item, ds.test.user,
+                        ds.test.item, ds.num_users, ds.num_items, ks=(20,),
+                        exclude_users=ds.cold_users)
+  # Scores as [U, I] rows: user one-hot x item table = the oracle matrix.
+  r = ev.evaluate(np.eye(ds.num_users, dtype=np.float32), oracle.T.copy())
+  p = ev.evaluate(np.ones((ds.num_users, 1), np.float32),
+                  np.bincount(ds.train.item, minlength=ds.num_items)
+                  .astype(np.float32)[:, None])
+  print(json.dumps({
+      'oracle_recall@20': round(r['recall@20'], 6),
+      'oracle_ndcg@20': round(r['ndcg@20'], 6),
+      'popularity_recall@20': round(p['recall@20'], 6),
+      'oracle_over_popularity': round(r['recall@20'] / p['recall@20'], 3),
+      'eval_users': r['eval_users'], 'marketplace': kw}), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
