@@ -123,7 +123,6 @@ class NeighborSampler(_Sampler):
     ok = deg[:, None] > 0
     pick = np.where(ok, pick, 0)
     if g.num_edges == 0:
-      ok = np.zeros_like(ok)
       return (np.full(pick.shape, -1), np.zeros(pick.shape), np.zeros(
           pick.shape), np.zeros(pick.shape, np.int64))
     return (np.where(ok, g.dst[pick], -1), g.rel[pick],

@@ -8,6 +8,7 @@ come back already sharded over the current mesh.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional
 
@@ -44,3 +45,21 @@ def restore_latest(mgr: ocp.CheckpointManager, abstract_state: Any,
       abstract_state, shardings)
   state = mgr.restore(step, args=ocp.args.StandardRestore(target))
   return step, state
+
+
+def init_or_restore(init_fn, rng, mesh, rules, workdir: str, keep: int
+                    ) -> tuple[Any, Any, ocp.CheckpointManager,
+                               Optional[int]]:
+  """The sharded train state, from the latest checkpoint in `workdir` if any.
+
+  Returns:
+    (state, shardings, manager, restored step or None).
+  """
+  from recjax.train.state import create_sharded
+  state, abstract, shardings = create_sharded(init_fn, rng, mesh, rules)
+  mgr = manager(workdir, keep=keep)
+  step, restored = restore_latest(mgr, abstract, shardings)
+  if restored is not None:
+    state = restored
+    logging.info('resumed from step %d', step)
+  return state, shardings, mgr, step

@@ -36,8 +36,7 @@ from recjax.graph.nodes import NodeGraph, node_features
 from recjax.models.gnn import NodeEncoder, SampledGNN
 from recjax.train import checkpoint, cold_start, mesh as mesh_lib
 from recjax.train.evaluate import RankingEvaluator
-from recjax.train.state import TrainState, create_sharded, make_optimizer, \
-    scheduled_lr
+from recjax.train.state import TrainState, make_optimizer, scheduled_lr
 from recjax.train.trainer import mean_logs
 from recjax.train.writers import MetricWriter
 
@@ -129,7 +128,6 @@ class PairStream:
 
 def seed_block(graph: NodeGraph, sampler, pairs: dict, rng) -> dict:
   """The sampled Block of one batch: seeds users | pos | neg | hard."""
-  b = len(pairs['user'])
   u = graph.ids('user', pairs['user'])
   p = graph.ids('item', pairs['pos'])
   n = graph.ids('item', pairs['neg'])
@@ -141,7 +139,6 @@ def seed_block(graph: NodeGraph, sampler, pairs: dict, rng) -> dict:
     parts.append(h)
     times.append(np.repeat(pairs['time'], pairs['hard'].shape[1]))
     excl.append(np.full(len(h), -1, np.int32))
-  del b
   block = sampler.sample(np.concatenate(parts), rng,
                          times=np.concatenate(times),
                          exclude=np.concatenate(excl))
@@ -251,13 +248,9 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params))
 
-  state, abstract, shardings = create_sharded(
-      init_fn, jax.random.key(config.seed), mesh, rules)
-  mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
-  restored_step, restored = checkpoint.restore_latest(mgr, abstract,
-                                                      shardings)
-  if restored is not None:
-    state = restored
+  state, shardings, mgr, restored_step = checkpoint.init_or_restore(
+      init_fn, jax.random.key(config.seed), mesh, rules, workdir,
+      config.train.keep_checkpoints)
   start = int(jax.device_get(state.step))
   loss_fn = _loss_fn(model, config, b, m)
   base_key = jax.random.key(config.seed + 1)

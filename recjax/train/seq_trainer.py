@@ -35,7 +35,7 @@ from recjax.data import registry, sequences
 from recjax.data.schema import Interactions
 from recjax.train import checkpoint, mesh as mesh_lib, seq_losses
 from recjax.train.seq_eval import SeqEvaluator, compute_queries
-from recjax.train.state import (TrainState, create_sharded, make_optimizer,
+from recjax.train.state import (TrainState, make_optimizer,
                                 scheduled_lr)
 from recjax.train.trainer import mean_logs
 from recjax.train.writers import MetricWriter
@@ -252,14 +252,9 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params))
 
-  state, abstract, shardings = create_sharded(
-      init_fn, jax.random.key(config.seed), mesh, rules)
-  mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
-  restored_step, restored = checkpoint.restore_latest(mgr, abstract,
-                                                      shardings)
-  if restored is not None:
-    state = restored
-    logging.info('resumed from step %d', restored_step)
+  state, shardings, mgr, restored_step = checkpoint.init_or_restore(
+      init_fn, jax.random.key(config.seed), mesh, rules, workdir,
+      config.train.keep_checkpoints)
   start = int(jax.device_get(state.step))
 
   # ------------------------------------------------------------ step

@@ -31,7 +31,7 @@ from recjax.graph import HeteroGraph
 from recjax.ops.spmm import CsrMatrix
 from recjax.train import checkpoint, cold_start, losses, mesh as mesh_lib
 from recjax.train.evaluate import RankingEvaluator
-from recjax.train.state import (TrainState, create_sharded, make_optimizer,
+from recjax.train.state import (TrainState, make_optimizer,
                                 scheduled_lr)
 from recjax.train.writers import MetricWriter
 
@@ -212,13 +212,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
                       opt_state=tx.init(params))
 
   rng = jax.random.key(config.seed)
-  state, abstract, shardings = create_sharded(init_fn, rng, mesh, rules)
-  mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
-  restored_step, restored = checkpoint.restore_latest(mgr, abstract,
-                                                      shardings)
-  if restored is not None:
-    state = restored
-    logging.info('resumed from step %d', restored_step)
+  state, shardings, mgr, restored_step = checkpoint.init_or_restore(
+      init_fn, rng, mesh, rules, workdir, config.train.keep_checkpoints)
   start = int(jax.device_get(state.step))
 
   # ------------------------------------------------------------ step
