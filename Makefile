@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml requirements.lock recjax/ops/csr_spmm.cc
 	touch $(STAMP)
 
 demo: install
-	rm -rf runs/quickstart
-	$(BIN)/python -m recjax.main --config=configs/quickstart.py --workdir=runs/quickstart
+	rm -rf runs/demo
+	$(BIN)/python -m recjax.serve.demo --workdir=runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests

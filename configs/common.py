@@ -64,7 +64,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ks = (10, 20)
   c.eval.batch_size = 1024
   c.eval.select_metric = 'recall@20'
+  c.eval.final = True            # False: skip the final evaluation
   c.eval.cold_reveal = 3          # cold-start users reveal their first N test events
+
+  # Export and serving (python -m recjax.main --mode=export; recjax.serve).
+  c.serve = ml_collections.ConfigDict()
+  c.serve.history_len = 100       # events per user the ranker attends over
+  c.serve.index_kind = 'auto'     # 'auto' | 'exact' | 'scann'
+  c.serve.target_recall = 0.95    # ScaNN tuned to this recall@k vs exact
+  c.serve.ranker_steps = 800      # 0: bundle without a ranker
+  c.serve.ranker = ml_collections.ConfigDict()   # RankerConfig overrides
+  c.serve.ranker.embed_dim = 32
+  c.serve.ranker.layers = 0       # history self-attention: 4x slower, no gain
+  c.serve.ranker.buckets = (512, 2048, 10240)     # compiled candidate counts
+  c.serve.ranker.batch_size = 256
+  c.serve.ranker.learning_rate = 2e-3
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)          # -1: every visible device on 'data'

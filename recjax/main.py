@@ -1,7 +1,7 @@
 """recjax launcher: flags -> config -> train_and_evaluate(config, workdir).
 
   python -m recjax.main --config=configs/quickstart.py --workdir=DIR \
-      [--config.train.num_epochs=5] [--mode=train|eval]
+      [--config.train.num_epochs=5] [--mode=train|eval|export] [--bundle=B]
 
 The last line printed to stdout is one JSON object with the run's figures.
 Configs with `task = 'sequence'` (configs/sasrec_ml1m.py, ...) train through
@@ -21,9 +21,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file with get_config().',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                          'train (and evaluate) or evaluate the latest '
-                          'checkpoint.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export'],
+                          'train (and evaluate), evaluate the latest '
+                          'checkpoint, or export it as a serving bundle.')
+_BUNDLE = flags.DEFINE_string('bundle', None, 'export: the bundle directory '
+                              '(default WORKDIR/bundle).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -46,8 +48,18 @@ def main(argv):
   else:
     chosen = trainer
   try:
-    result = chosen.train_and_evaluate(config, _WORKDIR.value,
-                                       mode=_MODE.value)
+    if _MODE.value == 'export':
+      if chosen is not trainer:
+        raise ValueError(f'--mode=export serves retrieval models '
+                         f'(task "retrieval"); this config is task '
+                         f'{config.get("task")!r}')
+      from recjax.serve import export
+      bundle = _BUNDLE.value or os.path.join(_WORKDIR.value, 'bundle')
+      result = export.export(config, _WORKDIR.value, bundle,
+                             log=lambda m: print(m, file=sys.stderr))
+    else:
+      result = chosen.train_and_evaluate(config, _WORKDIR.value,
+                                         mode=_MODE.value)
   except (ValueError, FileNotFoundError, trainer.NanLossError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
