@@ -73,6 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.serve.index_kind = 'auto'     # 'auto' | 'exact' | 'scann'
   c.serve.target_recall = 0.95    # ScaNN tuned to this recall@k vs exact
   c.serve.ranker_steps = 800      # 0: bundle without a ranker
+  c.serve.listwise_steps = 300    # learned listwise re-ranker; 0: off
+  c.serve.listwise_top = 64       # items it re-scores per request
   c.serve.ranker = ml_collections.ConfigDict()   # RankerConfig overrides
   c.serve.ranker.embed_dim = 32
   c.serve.ranker.layers = 0       # history self-attention: 4x slower, no gain

@@ -36,6 +36,7 @@ def bundle_dir(tmp_path_factory):
   trainer.train_and_evaluate(_serve_config(), work)
   out = os.path.join(work, 'bundle')
   overrides = ['--config.serve.ranker_steps=40',
+               '--config.serve.listwise_steps=30',
                '--config.serve.ranker.buckets=(64, 256)',
                '--config.serve.history_len=20']
   r = subprocess.run(
@@ -127,13 +128,15 @@ def test_recommend_known_user(rec):
   out = rec.recommend(u, k=10, exclude=[3, 5])
   items = [x['item_id'] for x in out['items']]
   assert out['path'] == 'personal' and len(items) == 10
+  assert rec.listwise is not None      # trained at export, on the path
   assert len(set(items)) == 10
   assert not set(items) & (set(b.seen(u).tolist()) | {3, 5})
   sellers = [x['seller'] for x in out['items']]
   assert max(np.bincount(sellers)) <= rec.rerank_config.max_per_seller
   assert out['stages']['retrieved'] >= out['stages']['ranked'] >= 10
   assert all(isinstance(x['reasons'], list) for x in out['items'])
-  assert set(out['timings_ms']) == {'retrieval', 'ranking', 'rerank', 'total'}
+  assert set(out['timings_ms']) == {'retrieval', 'ranking', 'listwise',
+                                    'rerank', 'total'}
 
 
 def test_cold_start_paths(rec):

@@ -130,6 +130,27 @@ def export(config: Any, workdir: str, bundle_dir: str,
     log(f'export: ranker trained in {time.perf_counter() - t:.1f}s: '
         f'{ranker_metrics}')
     extra['ranker'] = lambda p: ranker_trainer.save_ranker(rparams, rcfg, p)
+    if sc.listwise_steps > 0:
+      from recjax.serve import listwise
+      from recjax.serve import rerank as rerank_lib
+      t = time.perf_counter()
+      lcfg = listwise.ListwiseConfig(top=sc.listwise_top)
+      lists = listwise.build_lists(
+          ds, users, items, rerank_lib.ItemMeta(**{
+              f: meta[f] for f in ('seller', 'category', 'created_at',
+                                   'price', 'margin', 'in_stock')}),
+          rparams, rcfg, lcfg, seed=config.seed)
+      if len(lists['mask']) >= 10:
+        lparams, listwise_metrics = listwise.train(lists, lcfg,
+                                                   sc.listwise_steps,
+                                                   config.seed)
+        ranker_metrics['listwise'] = listwise_metrics
+        log(f'export: listwise re-ranker in {time.perf_counter() - t:.1f}s:'
+            f' {listwise_metrics}')
+        extra['listwise'] = lambda p: listwise.save(lparams, lcfg, p)
+      else:
+        log(f'export: only {len(lists["mask"])} impression lists: no '
+            'listwise re-ranker')
 
   ckpt_dir = os.path.join(workdir, 'checkpoints', str(step))
   if os.path.isdir(ckpt_dir):

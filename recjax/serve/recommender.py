@@ -18,6 +18,7 @@ and re-ranked. `recommend` returns what each stage kept and its latency.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Optional, Sequence
@@ -59,6 +60,7 @@ class Recommender:
                rank_top: int = RANK_TOP, retrieval_weight: float = 2.0):
     self.bundle, self.index, self.ranker = b, index, ranker
     self.retrieval_weight = retrieval_weight
+    self.use_listwise = True
     self.rerank_config = rerank_config
     self.num_candidates, self.rank_top = num_candidates, rank_top
     it = b.items
@@ -73,6 +75,7 @@ class Recommender:
     self.exposure = np.zeros(int(it['seller'].max()) + 1, np.float64)
     self._lock = threading.Lock()
     self._item_unit = None
+    self.listwise = None      # a ListwiseServer when the bundle has one
 
   @classmethod
   def load(cls, path: str, verify_hashes: bool = False, **kw
@@ -94,13 +97,22 @@ class Recommender:
       it = b.items
       ranker = ranker_lib.RankerServer(params, rcfg, ranker_lib.side_tables(
           it['seller'], it['category'], it['price_bucket']))
-    return cls(b, index, ranker, **kw)
+    rec = cls(b, index, ranker, **kw)
+    lw_dir = os.path.join(b.path, 'listwise')
+    if os.path.isdir(lw_dir):
+      from recjax.serve import listwise
+      lparams, lcfg = listwise.load(lw_dir, b.item_emb.shape[1])
+      rec.listwise = listwise.ListwiseServer(lparams, lcfg, b.item_emb,
+                                             rec.meta)
+    return rec
 
   # ------------------------------------------------------------ helpers
   def warmup(self) -> None:
     """Compiles every ranker bucket and touches the index once."""
     if self.ranker is not None:
       self.ranker.warmup()
+    if self.listwise is not None:
+      self.listwise.warmup()
     q = self.bundle.user_emb[:1] if len(self.bundle.user_emb) else \
         self.bundle.item_emb[:1]
     self.index.search_one(q[0], min(self.num_candidates,
@@ -189,6 +201,12 @@ class Recommender:
     t_ranking = time.perf_counter() - t
 
     t = time.perf_counter()
+    if self.listwise is not None and self.use_listwise:
+      ranked, rscore = self.listwise.rerank(query, ranked, rscore,
+                                            ctx['now'])
+    t_listwise = time.perf_counter() - t
+
+    t = time.perf_counter()
     picked = rerank_lib.constrain(ranked, rscore, self.meta, ctx['now'], cfg,
                                   exclude=seen,
                                   seller_exposure=self.exposure)
@@ -209,7 +227,7 @@ class Recommender:
         stages=dict(retrieved=int(len(cand)), ranked=int(len(ranked)),
                     returned=len(items), history=int(len(h_items))),
         timings_ms=dict(retrieval=ms(t_retrieval), ranking=ms(t_ranking),
-                        rerank=ms(t_rerank),
+                        listwise=ms(t_listwise), rerank=ms(t_rerank),
                         total=ms(time.perf_counter() - t0)))
 
   def similar(self, item_id, k: int = 20) -> dict:
