@@ -144,10 +144,15 @@ def export(config: Any, workdir: str, bundle_dir: str,
         lparams, listwise_metrics = listwise.train(lists, lcfg,
                                                    sc.listwise_steps,
                                                    config.seed)
+        # Shipped only when it beats the served order on held-out lists.
+        shipped = (listwise_metrics['ndcg10_listwise'] >
+                   listwise_metrics['ndcg10_served'])
+        listwise_metrics['shipped'] = bool(shipped)
         ranker_metrics['listwise'] = listwise_metrics
         log(f'export: listwise re-ranker in {time.perf_counter() - t:.1f}s:'
             f' {listwise_metrics}')
-        extra['listwise'] = lambda p: listwise.save(lparams, lcfg, p)
+        if shipped:
+          extra['listwise'] = lambda p: listwise.save(lparams, lcfg, p)
       else:
         log(f'export: only {len(lists["mask"])} impression lists: no '
             'listwise re-ranker')
