@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -34,12 +34,42 @@ _CATALOG_FIELDS = ('seller', 'taxonomy', 'price', 'margin', 'created_at',
                    'text', 'category_parent', 'image')
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
+  """Hex sha256 of a file, read in 1 MB blocks."""
   h = hashlib.sha256()
   with open(path, 'rb') as f:
     for block in iter(lambda: f.read(1 << 20), b''):
       h.update(block)
   return h.hexdigest()
+
+
+def write_directory(directory: str, fill: Callable[[str], Any]) -> Any:
+  """Writes a directory atomically: `fill(tmp)` then a swap into place.
+
+  `fill` writes everything into a fresh temporary sibling of `directory`;
+  only when it returns does that replace `directory` (the old one, if any,
+  is moved aside first and deleted last). An exception, or a crash, leaves
+  `directory` as it was and removes the temporary. Returns fill's result.
+  """
+  directory = os.path.abspath(directory)
+  parent, base = os.path.split(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f'.{base}.tmp-', dir=parent)
+  try:
+    result = fill(tmp)
+    if os.path.exists(directory):
+      # A directory cannot be os.replace'd onto a non-empty one: move the old
+      # one aside first, and delete it only once the new one is in place.
+      old = tempfile.mkdtemp(prefix=f'.{base}.old-', dir=parent)
+      os.rename(directory, os.path.join(old, base))
+      os.rename(tmp, directory)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return result
 
 
 def _fsync_write(path: str, write) -> None:
@@ -77,10 +107,8 @@ def save_dataset(ds: Dataset, directory: str) -> None:
       os.path.join(directory, 'manifest.json')):
     raise FileExistsError(f'{directory} exists and is not a saved dataset; '
                           'refusing to overwrite it')
-  parent, base = os.path.split(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{base}.tmp-', dir=parent)
-  try:
+
+  def fill(tmp):
     arrays = _arrays(ds)
     _fsync_write(os.path.join(tmp, 'arrays.npz'),
                  lambda f: np.savez(f, **arrays))
@@ -96,21 +124,12 @@ def save_dataset(ds: Dataset, directory: str) -> None:
         rows={s: len(getattr(ds, s)) for s in _SPLITS
               if getattr(ds, s) is not None},
         has_catalog=ds.catalog is not None, vocabs=sorted(ds.vocabs),
-        files=files, arrays_sha256=_sha256(os.path.join(tmp, 'arrays.npz')))
+        files=files,
+        arrays_sha256=sha256_file(os.path.join(tmp, 'arrays.npz')))
     data = json.dumps(manifest, indent=1).encode()
     _fsync_write(os.path.join(tmp, 'manifest.json'), lambda f: f.write(data))
-    if os.path.exists(directory):
-      # A directory cannot be os.replace'd onto a non-empty one: move the old
-      # one aside first, and delete it only once the new one is in place.
-      old = tempfile.mkdtemp(prefix=f'.{base}.old-', dir=parent)
-      os.rename(directory, os.path.join(old, base))
-      os.rename(tmp, directory)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+
+  write_directory(directory, fill)
 
 
 def _fail(directory: str, file: str, reason: str):
@@ -147,7 +166,7 @@ def load_dataset_dir(directory: str) -> Dataset:
     if os.path.getsize(full) != size:
       _fail(directory, file, f'has {os.path.getsize(full)} bytes, manifest '
             f'says {size} (partial or mismatched copy)')
-  if _sha256(os.path.join(directory, 'arrays.npz')) != manifest[
+  if sha256_file(os.path.join(directory, 'arrays.npz')) != manifest[
       'arrays_sha256']:
     _fail(directory, 'arrays.npz', 'checksum differs from manifest.json')
 

@@ -17,8 +17,9 @@
     ranker/                orbax checkpoint of the ranker + ranker.json
     retrieval/             orbax checkpoint of the retrieval model params
 
-Writing goes to a temporary sibling directory that is renamed into place
-only when complete, so a crash never leaves a half-written bundle at DIR.
+Writing goes through `recjax.data.io.write_directory` (a temporary sibling
+renamed into place only when complete), so a crash never leaves a
+half-written bundle at DIR.
 Loading checks the manifest (format, version, every listed file present
 with its size, optionally its hash, and array shapes against the declared
 dims) and raises `BundleError` naming the first problem.
@@ -27,16 +28,14 @@ dims) and raises `BundleError` naming the first problem.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Any, Optional
 
 import numpy as np
 
+from recjax.data.io import sha256_file, write_directory
 from recjax.data.schema import Vocab
 
 FORMAT = 'recjax-bundle'
@@ -91,14 +90,6 @@ class Bundle:
     a, b = self.history['indptr'][u], self.history['indptr'][u + 1]
     return (self.history['item'][a:b], self.history['event'][a:b],
             self.history['timestamp'][a:b])
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 22), b''):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def _files(root: str) -> list[str]:
@@ -170,10 +161,8 @@ def write_bundle(out_dir: str, *, models: dict, user_emb: np.ndarray,
     if len(items[f]) != len(item_emb):
       raise BundleError(f'items[{f!r}] has {len(items[f])} rows, '
                         f'item_emb {len(item_emb)}')
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix='.bundle-tmp-', dir=parent)
-  try:
+
+  def fill(tmp):
     np.save(os.path.join(tmp, 'user_embeddings.npy'), user_emb)
     np.save(os.path.join(tmp, 'item_embeddings.npy'), item_emb)
     np.savez(os.path.join(tmp, 'items.npz'), **items)
@@ -196,22 +185,14 @@ def write_bundle(out_dir: str, *, models: dict, user_emb: np.ndarray,
                   num_items=int(item_emb.shape[0]),
                   embed_dim=int(item_emb.shape[1])),
         files={p: dict(bytes=os.path.getsize(os.path.join(tmp, p)),
-                       sha256=_sha256(os.path.join(tmp, p)))
+                       sha256=sha256_file(os.path.join(tmp, p)))
                for p in _files(tmp)})
     # The manifest goes last: a directory without one is never complete.
     with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
       json.dump(manifest, f, indent=2)
-    if os.path.exists(out_dir):
-      old = out_dir + f'.old-{os.getpid()}'
-      os.rename(out_dir, old)
-      os.rename(tmp, out_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return manifest
+    return manifest
+
+  return write_directory(out_dir, fill)
 
 
 def read_manifest(path: str, verify_hashes: bool = False) -> dict:
@@ -242,7 +223,7 @@ def read_manifest(path: str, verify_hashes: bool = False) -> dict:
     if os.path.getsize(p) != info['bytes']:
       raise BundleError(f'{p}: {os.path.getsize(p)} bytes, manifest says '
                         f'{info["bytes"]} (truncated or replaced)')
-    if verify_hashes and _sha256(p) != info['sha256']:
+    if verify_hashes and sha256_file(p) != info['sha256']:
       raise BundleError(f'{p}: sha256 differs from the manifest')
   return manifest
 

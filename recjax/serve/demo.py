@@ -131,7 +131,7 @@ def main(argv):
     popl[u] = top_popular(seen)
     lat_pop.append(time.perf_counter() - t)
     t = time.perf_counter()
-    ids, _ = rec.index.search_one(b.user_emb[u], k, exclude=b.seen(u))
+    ids, _ = rec.index.search_one(b.user_emb[u], k, exclude=seen)
     retr[u] = ids[ids >= 0].tolist()
     lat_retr.append(time.perf_counter() - t)
     t = time.perf_counter()

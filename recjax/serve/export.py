@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from recjax.data import sequences
 from recjax.data.schema import Dataset, Vocab
 from recjax.serve import bundle as bundle_lib
 
@@ -51,7 +52,8 @@ def item_table(ds: Dataset, in_stock: np.ndarray | None = None) -> dict:
   else:
     seller, category = cat.seller, cat.leaf_category
     created, price, margin = cat.created_at, cat.price, cat.margin
-  edges = np.quantile(price, np.linspace(0, 1, 11)[1:-1])
+  side = sequences.item_side_features(ds)   # the ranker's price deciles
+  bucket = side['price'][1:] - 1 if side is not None else np.zeros(I)
   return dict(seller=np.asarray(seller, np.int32),
               category=np.asarray(category, np.int32),
               created_at=np.asarray(created, np.int64),
@@ -60,7 +62,7 @@ def item_table(ds: Dataset, in_stock: np.ndarray | None = None) -> dict:
               in_stock=(np.ones(I, bool) if in_stock is None
                         else np.asarray(in_stock, bool)),
               popularity=pop,
-              price_bucket=np.searchsorted(edges, price).astype(np.int32))
+              price_bucket=np.asarray(bucket, np.int32))
 
 
 def context_popularity(ds: Dataset, top: int = CONTEXT_TOP) -> dict:

@@ -169,6 +169,16 @@ def _cold_start_figures(config, ds: Dataset, train_items, users, items
           **cold_start.popularity(cs, ds, train_items)}
 
 
+def _init_fn(model, tx):
+  """rng -> a fresh TrainState (init needs no propagation: layer 0 only)."""
+  def init_fn(rng):
+    ids = jnp.zeros((1,), jnp.int32)
+    params = model.init(rng, ids, ids, method='layer0')['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+  return init_fn
+
+
 def load_embeddings(config: Any, workdir: str):
   """The trained model's embeddings, for export and serving.
 
@@ -185,14 +195,8 @@ def load_embeddings(config: Any, workdir: str):
   _, adj, model, _ = _prepare(config, ds, mesh)
   tx = make_optimizer(config.optimizer)
 
-  def init_fn(rng):
-    ids = jnp.zeros((1,), jnp.int32)
-    params = model.init(rng, ids, ids, method='layer0')['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params))
-
   state, _, mgr, step = checkpoint.init_or_restore(
-      init_fn, jax.random.key(config.seed), mesh, rules, workdir,
+      _init_fn(model, tx), jax.random.key(config.seed), mesh, rules, workdir,
       config.train.keep_checkpoints)
   mgr.close()
   if step is None:
@@ -240,15 +244,10 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   tx = make_optimizer(config.optimizer)
 
   # ---------------------------------------------------- sharded state
-  def init_fn(rng):
-    ids = jnp.zeros((1,), jnp.int32)   # Init needs no propagation.
-    params = model.init(rng, ids, ids, method='layer0')['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params))
-
   rng = jax.random.key(config.seed)
   state, shardings, mgr, restored_step = checkpoint.init_or_restore(
-      init_fn, rng, mesh, rules, workdir, config.train.keep_checkpoints)
+      _init_fn(model, tx), rng, mesh, rules, workdir,
+      config.train.keep_checkpoints)
   start = int(jax.device_get(state.step))
 
   # ------------------------------------------------------------ step
