@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Accelerator wheels on a TPU VM or GPU node: make install JAX_EXTRA=tpu|cuda12
+JAX_EXTRA ?=
 
 .PHONY: install demo test clean
 
@@ -13,6 +15,7 @@ $(STAMP): pyproject.toml requirements.lock recjax/ops/csr_spmm.cc
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
+	$(if $(JAX_EXTRA),$(BIN)/python -m pip install -q "jax[$(JAX_EXTRA)]==$$(sed -n 's/^jax==//p' requirements.lock)")
 	$(BIN)/python -m recjax.ops.build
 	touch $(STAMP)
 

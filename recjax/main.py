@@ -4,9 +4,14 @@
       [--config.train.num_epochs=5] [--mode=train|eval|export] [--bundle=B]
 
 The last line printed to stdout is one JSON object with the run's figures.
+Multi-process runs (launch/local_multihost.sh, launch/tpu_vm.sh,
+launch/slurm_gpu.sbatch) add --coordinator_address, --num_processes and
+--process_id, or set them in the environment (recjax.train.distributed).
 Configs with `task = 'sequence'` (configs/sasrec_ml1m.py, ...) train through
 recjax.train.seq_trainer, `task = 'graph'` (configs/gnn_marketplace.py)
-through recjax.train.gnn_trainer, all others through recjax.train.trainer.
+through recjax.train.gnn_trainer, `task = 'graph_shards'`
+(configs/gnn_shards.py) through recjax.train.shard_trainer, all others
+through recjax.train.trainer.
 """
 
 import json
@@ -26,6 +31,14 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'export'],
                           'checkpoint, or export it as a serving bundle.')
 _BUNDLE = flags.DEFINE_string('bundle', None, 'export: the bundle directory '
                               '(default WORKDIR/bundle).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, "Multi-process runs: process 0's "
+    "'host:port' (or env RECJAX_COORDINATOR). TPU slices and SLURM jobs "
+    'need none of these three flags: set RECJAX_DISTRIBUTED=1.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Multi-process runs: N processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   "Multi-process runs: this process's index.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -33,8 +46,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   import jax
-  if os.environ.get('RECJAX_DISTRIBUTED') == '1':
-    jax.distributed.initialize()
+  from recjax.train import distributed
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   if jax.default_backend() != 'cpu':
     # TF (tf.data, TFDS) must never grab accelerator memory JAX needs.
     import tensorflow as tf
@@ -45,6 +62,8 @@ def main(argv):
     from recjax.train import seq_trainer as chosen
   elif config.get('task', '') == 'graph':
     from recjax.train import gnn_trainer as chosen
+  elif config.get('task', '') == 'graph_shards':
+    from recjax.train import shard_trainer as chosen
   else:
     chosen = trainer
   try:

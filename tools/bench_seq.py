@@ -41,8 +41,12 @@ _EVAL_EVERY = flags.DEFINE_integer('eval_every_epochs', None,
 _LOSS = flags.DEFINE_string('loss', None, "'bce' | 'gbce' | "
                             "'sampled_softmax' | 'full_softmax'.")
 _NEG = flags.DEFINE_integer('num_negatives', None, 'Sampled negatives.')
+_NEG_MODE = flags.DEFINE_enum('negatives', None, ['row', 'position'],
+                              "Negatives shared by a sequence ('row') or "
+                              "drawn per position (SASRec's BCE).")
 _DIM = flags.DEFINE_integer('embed_dim', None, 'Hidden size.')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate.')
+_DROPOUT = flags.DEFINE_float('dropout', None, 'Dropout rate.')
 _ATTENTION = flags.DEFINE_enum('attention', None, ['full', 'local', 'linear'],
                                'Attention kernel.')
 _MAX_LEN = flags.DEFINE_integer('max_len', None, 'History window.')
@@ -81,9 +85,11 @@ def _config():
                            (_EVAL_EVERY, c.train, 'eval_every_epochs'),
                            (_LOSS, c.loss, 'name'),
                            (_NEG, c.loss, 'num_negatives'),
+                           (_NEG_MODE, c.loss, 'negatives'),
                            (_DIM, c.model, 'embed_dim'),
                            (_DIM, c.model, 'ff_dim'),
                            (_LR, c.optimizer, 'learning_rate'),
+                           (_DROPOUT, c.model, 'dropout'),
                            (_ATTENTION, c.model, 'attention'),
                            (_MAX_LEN, c.model, 'max_len')):
     if value.value is not None:

@@ -192,3 +192,16 @@ def node_features(graph: NodeGraph, ds: Dataset, price_buckets: int = 16
     if cat.image is not None:
       out['image'] = np.asarray(cat.image, np.float32)
   return out
+
+
+def training_pairs(ds: Dataset, event_types: Sequence[str]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Distinct (user, item) training pairs of `event_types` with the time of
+  their first event, sorted by user then item: (user, item, time) [P]."""
+  tr = ds.train
+  keep = np.isin(tr.event, [EVENT_INDEX[e] for e in event_types])
+  u, i, t = tr.user[keep], tr.item[keep], tr.timestamp[keep]
+  order = np.lexsort((t, i, u))
+  u, i, t = u[order], i[order], t[order]
+  first = np.r_[True, (u[1:] != u[:-1]) | (i[1:] != i[:-1])]
+  return u[first], i[first], t[first]

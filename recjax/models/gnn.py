@@ -269,19 +269,44 @@ class SampledGNN(nn.Module):
                      "gat or tgat")
 
   @nn.compact
-  def __call__(self, block: dict, feats: dict, train: bool = False
-               ) -> jax.Array:
-    """Seed embeddings [S, D] (L2-normalised) from a Block's arrays."""
+  def __call__(self, block: dict, feats: dict, train: bool = False,
+               history: dict | None = None, return_hidden: bool = False):
+    """Seed embeddings [S, D] (L2-normalised) from a Block's arrays.
+
+    Args:
+      block: a Block's arrays (`Block.as_dict`), L + 1 levels.
+      feats: node features (NodeEncoder).
+      train: dropout and id dropout on.
+      history: optional historical embeddings (recjax.graph.cache) for
+        nodes whose own neighbourhood is not in the block (halo nodes of
+        another partition): 'values' per level l >= 1 a [L - 1, n_l, D]
+        array of the node's representation after each layer k < L - 1,
+        'mask' per level a bool [n_l]; after layer k a masked node takes
+        its cached value instead of what its (empty) subtree gives.
+      return_hidden: also return the seeds' representations after each
+        layer k < L - 1, [S, L - 1, D] (what the cache stores).
+    """
     levels = len(block['ids'])
     if levels != self.num_layers + 1:
       raise ValueError(f'block has {levels - 1} hops but the model has '
                        f'{self.num_layers} layers; set graph.fanouts to '
                        f'{self.num_layers} values')
     h = [self.encoder(ids, feats, train) for ids in block['ids']]
+    hidden = []
     for k in range(self.num_layers):
       layer = self._layer(k)
       h = [layer(h[l], h[l + 1], block['rel'][l + 1],
                  block['weight'][l + 1], block['dt'][l + 1])
            for l in range(len(h) - 1)]
+      if k < self.num_layers - 1:
+        hidden.append(h[0])
+        if history is not None:
+          h = [h[0]] + [jnp.where(history['mask'][l][:, None],
+                                  history['values'][l][:, k], h[l])
+                        for l in range(1, len(h))]
     out = h[0]
-    return out * jax.lax.rsqrt(jnp.sum(out * out, -1, keepdims=True) + 1e-12)
+    out = out * jax.lax.rsqrt(jnp.sum(out * out, -1, keepdims=True) + 1e-12)
+    if return_hidden:
+      return out, (jnp.stack(hidden, 1) if hidden else
+                   jnp.zeros((out.shape[0], 0, out.shape[1]), out.dtype))
+    return out

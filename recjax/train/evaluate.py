@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recjax.train.distributed import to_host
+
 METRICS = ('recall', 'precision', 'hr', 'ndcg', 'mrr')
 
 
@@ -119,6 +121,8 @@ class RankingEvaluator:
     Args:
       user_emb: [U, D] for all users; item_emb: [I, D] for all items.
     """
+    # Arrays spread over other processes' devices are read here first.
+    user_emb, item_emb = to_host(user_emb), to_host(item_emb)
     b = self.batch_size
     n = len(self.users)
     sums = np.zeros((len(self.ks), len(METRICS)))

@@ -30,14 +30,14 @@ import tqdm
 
 from recjax.data import registry
 from recjax.data.sampling import _epoch_permutation
-from recjax.data.schema import EVENT_INDEX, Dataset
+from recjax.data.schema import Dataset
 from recjax.graph import samplers as samplers_lib
-from recjax.graph.nodes import NodeGraph, node_features
+from recjax.graph.nodes import NodeGraph, node_features, training_pairs
 from recjax.models.gnn import NodeEncoder, SampledGNN
 from recjax.train import checkpoint, cold_start, mesh as mesh_lib
 from recjax.train.evaluate import RankingEvaluator
 from recjax.train.state import TrainState, make_optimizer, scheduled_lr
-from recjax.train.trainer import mean_logs
+from recjax.train.trainer import StepLogger
 from recjax.train.writers import MetricWriter
 
 DEFAULT_SAMPLER = dict(graphsage='uniform', gat='uniform',
@@ -60,16 +60,25 @@ def make_sampler(config, graph: NodeGraph):
                    'random_walk, temporal')
 
 
-def build_model(config, graph: NodeGraph, feats: dict, sampler,
-                pad_to: int = 128) -> SampledGNN:
-  m = config.model
+def content_sizes(feats: dict) -> dict:
+  """Vocabulary sizes of the content inputs (0 without a catalog)."""
   has_content = 'text' in feats
+  return dict(
+      text_vocab=int(feats['text'].max()) + 1 if has_content else 0,
+      price_buckets=int(feats['price_bucket'].max()) + 1 if has_content
+      else 0)
+
+
+def build_model(config, graph: NodeGraph, feats: dict, sampler,
+                pad_to: int = 128, sizes: dict | None = None) -> SampledGNN:
+  """The configured SampledGNN; `sizes` (content_sizes) default to feats'."""
+  m = config.model
+  sizes = sizes or content_sizes(feats)
   enc = NodeEncoder(
       num_nodes=graph.num_nodes, embed_dim=m.embed_dim,
       item_offset=graph.offsets['item'], num_items=graph.counts['item'],
-      text_vocab=int(feats['text'].max()) + 1 if has_content else 0,
-      price_buckets=int(feats['price_bucket'].max()) + 1 if has_content
-      else 0, id_dropout=m.id_dropout, init_std=m.init_std, pad_to=pad_to)
+      text_vocab=sizes['text_vocab'], price_buckets=sizes['price_buckets'],
+      id_dropout=m.id_dropout, init_std=m.init_std, pad_to=pad_to)
   return SampledGNN(kind=m.name, encoder=enc, num_layers=len(
       config.graph.fanouts), num_relations=sampler.num_relations,
                     aggregator=m.aggregator, combine=m.combine, heads=m.heads)
@@ -86,13 +95,7 @@ class PairStream:
   def __init__(self, ds: Dataset, event_types, batch_size: int,
                num_negatives: int, seed: int, hard_table=None,
                num_hard: int = 0):
-    tr = ds.train
-    keep = np.isin(tr.event, [EVENT_INDEX[e] for e in event_types])
-    u, i, t = tr.user[keep], tr.item[keep], tr.timestamp[keep]
-    order = np.lexsort((t, i, u))
-    u, i, t = u[order], i[order], t[order]
-    first = np.r_[True, (u[1:] != u[:-1]) | (i[1:] != i[:-1])]
-    self.users, self.items, self.times = u[first], i[first], t[first]
+    self.users, self.items, self.times = training_pairs(ds, event_types)
     if len(self.users) < batch_size:
       raise ValueError(f'batch_size {batch_size} exceeds the '
                        f'{len(self.users)} training pairs')
@@ -145,20 +148,31 @@ def seed_block(graph: NodeGraph, sampler, pairs: dict, rng) -> dict:
   return block.as_dict()
 
 
-def _loss_fn(model, cfg, b: int, m: int):
+def _loss_fn(model, cfg, b: int, m: int, groups: int = 1):
+  """Sampled softmax of each user's item against the shared negatives.
+
+  The block's seeds are `groups` consecutive runs of [b users | b items |
+  m negatives (| b x H hard)]: one run per process when each process
+  samples its own rows (recjax.train.shard_trainer), else one. Every user
+  scores against the negatives of all runs.
+  """
   tau = cfg.loss.temperature
 
   def loss_fn(params, batch, feats, rng):
     emb = model.apply({'params': params}, batch['block'], feats, train=True,
-                      rngs={'dropout': rng})
-    u, p, n = emb[:b], emb[b:2 * b], emb[2 * b:2 * b + m]
+                      history=batch.get('history'), rngs={'dropout': rng})
+    d = emb.shape[-1]
+    emb = emb.reshape(groups, -1, d)
+    u = emb[:, :b].reshape(-1, d)
+    p = emb[:, b:2 * b].reshape(-1, d)
+    n = emb[:, 2 * b:2 * b + m].reshape(-1, d)
     s_pos = jnp.sum(u * p, -1, keepdims=True) / tau
     s_neg = u @ n.T / tau
     s_neg = jnp.where(batch['pos'][:, None] == batch['neg'][None, :], -1e9,
                       s_neg)
     logits = [s_pos, s_neg]
     if 'hard' in batch:
-      hard = emb[2 * b + m:].reshape(b, -1, emb.shape[-1])
+      hard = emb[:, 2 * b + m:].reshape(groups * b, -1, d)
       s_hard = jnp.einsum('bd,bhd->bh', u, hard) / tau
       logits.append(jnp.where(batch['hard_mask'] & (
           batch['hard'] != batch['pos'][:, None]), s_hard, -1e9))
@@ -167,6 +181,21 @@ def _loss_fn(model, cfg, b: int, m: int):
     return loss, dict(loss=loss)
 
   return loss_fn
+
+
+def make_train_step(loss_fn, tx, base_key):
+  """(state, batch, feats, lr) -> (state, aux): one optimiser step with
+  dropout keyed by the step."""
+  def train_step(state, batch, feats, lr):
+    rng = jax.random.fold_in(base_key, state.step)
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, feats, rng)
+    opt_state = state.opt_state
+    opt_state.hyperparams['learning_rate'] = lr
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+    return TrainState(state.step + 1, optax.apply_updates(
+        state.params, updates), opt_state), aux
+  return train_step
 
 
 class Embedder:
@@ -255,15 +284,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   loss_fn = _loss_fn(model, config, b, m)
   base_key = jax.random.key(config.seed + 1)
 
-  def train_step(state, batch, feats, lr):
-    rng = jax.random.fold_in(base_key, state.step)
-    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, feats, rng)
-    opt_state = state.opt_state
-    opt_state.hyperparams['learning_rate'] = lr
-    updates, opt_state = tx.update(grads, opt_state, state.params)
-    return TrainState(state.step + 1, optax.apply_updates(
-        state.params, updates), opt_state), aux
+  train_step = make_train_step(loss_fn, tx, base_key)
 
   bs = mesh_lib.batch_sharding(mesh, rules)
   shard_tree = lambda t: jax.tree.map(lambda _: bs, t)
@@ -290,23 +311,14 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     bar = tqdm.tqdm(total=total, initial=step, desc='train', unit='step',
                     disable=not config.train.progress or
                     jax.process_index() != 0, mininterval=2.0)
-    t_loop, pending = time.perf_counter(), []
+    t_loop = time.perf_counter()
+    logger = StepLogger(writer, mgr, workdir, config.train.log_every, spe,
+                        bar)
     while step < total:
       lr = scheduled_lr(config.optimizer, step, total, train_s, budget_s)
       state, aux = step_fn(state, make_batch(step), feats, np.float32(lr))
       step += 1
-      pending.append(aux)
-      if len(pending) >= 2:
-        jax.block_until_ready(pending[-2])
-      if step % config.train.log_every == 0 or step == total:
-        mean = mean_logs(pending, step, mgr, workdir)
-        pending = []
-        mean.update(epoch=step / spe, learning_rate=lr)
-        last_loss = mean['loss']
-        losses.append(last_loss)
-        writer.write(step, mean, prefix='train/')
-        bar.set_postfix(loss=f'{last_loss:.4f}')
-      bar.update(1)
+      logger.add(aux, step, total, lr)
       if step % config.train.checkpoint_every_steps == 0:
         checkpoint.save(mgr, step, state)
       train_s = time.perf_counter() - t_loop
@@ -314,8 +326,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
         logging.info('budget reached at step %d', step)
         break
     bar.close()
-    if pending:
-      last_loss = mean_logs(pending, step, mgr, workdir)['loss']
+    logger.flush(step)
+    last_loss, losses = logger.last_loss, logger.losses
     if mgr.latest_step() != step:
       checkpoint.save(mgr, step, state, force=True)
   mgr.wait_until_finished()

@@ -37,7 +37,7 @@ from recjax.train import checkpoint, mesh as mesh_lib, seq_losses
 from recjax.train.seq_eval import SeqEvaluator, compute_queries
 from recjax.train.state import (TrainState, make_optimizer,
                                 scheduled_lr)
-from recjax.train.trainer import mean_logs
+from recjax.train.trainer import StepLogger
 from recjax.train.writers import MetricWriter
 
 OBJECTIVE = dict(sasrec='next', session='next', bert4rec='cloze')
@@ -329,7 +329,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
                     disable=not config.train.progress or
                     jax.process_index() != 0, mininterval=2.0)
     t_loop = time.perf_counter()
-    pending = []
+    logger = StepLogger(writer, mgr, workdir, config.train.log_every, spe,
+                        bar)
     while step < total:
       batch = batcher.batch(step)
       batch = {f: batch[f] for f in inputs_used}
@@ -337,19 +338,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       run = executables[batch['item'].shape[1]]
       state, aux = run(state, batch, np.float32(lr))
       step += 1
-      pending.append(aux)
-      if len(pending) >= 2:
-        # Two steps in flight overlap host batching with device work and
-        # keep XLA:CPU's multi-device collectives from piling up.
-        jax.block_until_ready(pending[-2])
-      if step % config.train.log_every == 0 or step == total:
-        mean = mean_logs(pending, step, mgr, workdir)
-        pending = []
-        mean.update(epoch=step / spe, learning_rate=lr)
-        last_loss = mean['loss']
-        writer.write(step, mean, prefix='train/')
-        bar.set_postfix(loss=f'{mean["loss"]:.4f}')
-      bar.update(1)
+      logger.add(aux, step, total, lr)
       if step % config.train.checkpoint_every_steps == 0:
         checkpoint.save(mgr, step, state)
       train_s = time.perf_counter() - t_loop
@@ -377,6 +366,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
                      config.train.budget_minutes, step)
         break
     bar.close()
+    last_loss = logger.last_loss
     if mgr.latest_step() != step:
       checkpoint.save(mgr, step, state, force=True)
   mgr.wait_until_finished()

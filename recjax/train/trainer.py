@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from recjax import models
 from recjax.data import registry
@@ -29,7 +28,8 @@ from recjax.data.sampling import PairSampler, UserSampler
 from recjax.data.schema import EVENT_INDEX, Dataset
 from recjax.graph import HeteroGraph
 from recjax.ops.spmm import CsrMatrix
-from recjax.train import checkpoint, cold_start, losses, mesh as mesh_lib
+from recjax.train import checkpoint, cold_start, distributed, losses
+from recjax.train import mesh as mesh_lib
 from recjax.train.evaluate import RankingEvaluator
 from recjax.train.state import (TrainState, make_optimizer,
                                 scheduled_lr)
@@ -57,6 +57,45 @@ def mean_logs(pending: list, step: int, mgr, workdir: str) -> dict:
         'check the data; the last good checkpoint is kept in '
         f'{os.path.join(workdir, "checkpoints")}')
   return mean
+
+
+class StepLogger:
+  """What every training loop does after a step: keep at most two steps in
+  flight (enough to overlap host batching with device work, and it keeps
+  XLA:CPU's multi-device collectives from piling up and deadlocking), and
+  every `log_every` steps write the mean of the steps' metrics (which
+  raises NanLossError on a non-finite loss, see mean_logs).
+  """
+
+  def __init__(self, writer, mgr, workdir: str, log_every: int,
+               steps_per_epoch: int, bar=None):
+    self.writer, self.mgr, self.workdir = writer, mgr, workdir
+    self.log_every, self.spe, self.bar = log_every, steps_per_epoch, bar
+    self.pending, self.last_loss, self.losses = [], None, []
+
+  def add(self, aux, step: int, total: int, lr: float) -> None:
+    """`aux`: the metrics of the step that brought the count to `step`."""
+    self.pending.append(aux)
+    if len(self.pending) >= 2:
+      jax.block_until_ready(self.pending[-2])
+    if step % self.log_every == 0 or step == total:
+      mean = mean_logs(self.pending, step, self.mgr, self.workdir)
+      self.pending = []
+      mean.update(epoch=step / self.spe, learning_rate=lr)
+      self.last_loss = mean['loss']
+      self.losses.append(self.last_loss)
+      self.writer.write(step, mean, prefix='train/')
+      if self.bar is not None:
+        self.bar.set_postfix(loss=f'{self.last_loss:.4f}')
+    if self.bar is not None:
+      self.bar.update(1)
+
+  def flush(self, step: int) -> None:
+    """Checks and reports the steps since the last log (a budget stop)."""
+    if self.pending:
+      self.last_loss = mean_logs(self.pending, step, self.mgr,
+                                 self.workdir)['loss']
+      self.pending = []
 
 
 def _positive_pairs(ds: Dataset, event_types) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +162,9 @@ def _prepare(config, ds: Dataset, mesh):
   pad_to = math.lcm(128, mesh.size)
   rows, cols, w, n = graph.normalized_bipartite(events, pad_to=pad_to)
   adj = CsrMatrix.from_coo(rows, cols, w, (n, n))
-  adj = jax.device_put(adj, mesh_lib.replicated(mesh))
+  adj = (distributed.to_global(adj, mesh_lib.replicated(mesh))
+         if distributed.multi_process()
+         else jax.device_put(adj, mesh_lib.replicated(mesh)))
   sizes = dict(num_users=ds.num_users, num_items=ds.num_items, num_nodes=n)
   model = models.get(config.model.name)(config.model, sizes)
   users, items = _positive_pairs(ds, events)
@@ -272,7 +313,9 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   step_fn = jax.jit(train_step,
                     in_shardings=(shardings, batch_shardings, rep, rep),
                     out_shardings=(shardings, rep), donate_argnums=0)
-  embed_fn = jax.jit(lambda params, adj: model.apply({'params': params}, adj))
+  # Replicated outputs: every process can read the embeddings it scores.
+  embed_fn = jax.jit(lambda params, adj: model.apply({'params': params}, adj),
+                     out_shardings=rep)
 
   def evaluate(state):
     t = time.perf_counter()
@@ -294,27 +337,17 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
                     disable=not config.train.progress or
                     jax.process_index() != 0, mininterval=2.0)
     t_loop = time.perf_counter()
-    pending = []
+    logger = StepLogger(writer, mgr, workdir, config.train.log_every, spe,
+                        bar)
     while step < total:
-      batch = sampler.batch(step)
+      # Every process draws the same global batch (the sampler depends only
+      # on the seed and step) and feeds its own devices' rows.
+      batch = distributed.to_global(sampler.batch(step), batch_shardings)
       lr = scheduled_lr(config.optimizer, step, total, train_s, budget_s)
-      state, aux = step_fn(state, batch, adj, np.float32(lr))
+      state, aux = step_fn(state, batch, adj,
+                           distributed.to_global(np.float32(lr), rep))
       step += 1
-      pending.append(aux)
-      if len(pending) >= 2:
-        # At most two steps in flight: enough to overlap host sampling with
-        # device work, and it keeps XLA:CPU's collectives from deadlocking
-        # when many multi-device executions queue up at once.
-        jax.block_until_ready(pending[-2])
-      if step % config.train.log_every == 0 or step == total:
-        mean = mean_logs(pending, step, mgr, workdir)
-        pending = []
-        mean['epoch'] = step / spe
-        mean['learning_rate'] = lr
-        last_loss = mean['loss']
-        writer.write(step, mean, prefix='train/')
-        bar.set_postfix(loss=f'{mean["loss"]:.4f}')
-      bar.update(1)
+      logger.add(aux, step, total, lr)
       if step % config.train.checkpoint_every_steps == 0:
         checkpoint.save(mgr, step, state)
       train_s = time.perf_counter() - t_loop
@@ -338,6 +371,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
                      config.train.budget_minutes, step)
         break
     bar.close()
+    last_loss = logger.last_loss
     if mgr.latest_step() != step:
       checkpoint.save(mgr, step, state, force=True)
   mgr.wait_until_finished()
@@ -361,8 +395,9 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   writer.close()
   if final[metric] > best['value']:
     best = dict(value=final[metric], step=step)
-  params_l2 = float(sum(jnp.sum(jnp.square(x)) for x in
-                        jax.tree.leaves(state.params)))
+  params_l2 = float(jax.jit(lambda p: sum(jnp.sum(jnp.square(x)) for x in
+                                           jax.tree.leaves(p)),
+                            out_shardings=rep)(state.params))
   placement = {
       jax.tree_util.keystr(path): dict(
           spec=str(tuple(x.sharding.spec)),
