@@ -13,8 +13,10 @@
 #
 # Environment: DEVICES_PER_PROCESS (2), WORKDIR (a new temp dir, shared by
 # the processes), PORT (a free port), PYTHON (.venv/bin/python if present).
-# Each process logs to WORKDIR/process_<i>.log; process 0's last line (the
-# run's JSON figures) is printed, and the exit status is the first failure.
+# Each process writes stdout to WORKDIR/process_<i>.out and its log to
+# WORKDIR/process_<i>.log; process 0's last stdout line (the run's JSON
+# figures) is printed, and the exit status is the first failure's. Needs
+# bash >= 5.1 (wait -n -p).
 set -euo pipefail
 
 usage="usage: $0 N CONFIG [recjax.main flags...]"
@@ -38,12 +40,15 @@ mkdir -p "$WORKDIR"
 PORT=${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 pids=()
+# Stopping the launcher stops its processes.
+trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
 for ((i = 0; i < N; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES ${XLA_FLAGS:-}" \
   JAX_PLATFORMS=cpu PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
     "$PYTHON" -m recjax.main --config="$CONFIG" --workdir="$WORKDIR" \
       --coordinator_address="127.0.0.1:$PORT" --num_processes="$N" \
-      --process_id="$i" "$@" > "$WORKDIR/process_$i.log" 2>&1 &
+      --process_id="$i" "$@" > "$WORKDIR/process_$i.out" \
+      2> "$WORKDIR/process_$i.log" &
   pids+=($!)
 done
 # Wait for whichever process ends first: if one fails, the others would
@@ -60,8 +65,9 @@ while [[ ${#running[@]} -gt 0 ]]; do
     echo "error: process $i exited with status $rc; the end of" \
          "$WORKDIR/process_$i.log:" >&2
     tail -n 20 "$WORKDIR/process_$i.log" >&2
+    tail -n 5 "$WORKDIR/process_$i.out" >&2
     kill "${pids[@]}" 2>/dev/null || true
     exit $rc
   fi
 done
-tail -n 1 "$WORKDIR/process_0.log"
+tail -n 1 "$WORKDIR/process_0.out"

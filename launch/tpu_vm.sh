@@ -7,13 +7,14 @@
 #
 #   launch/tpu_vm.sh --name=recjax-v5p --zone=us-east5-a \
 #       --accelerator=v5p-32 --config=configs/lightgcn_gowalla.py \
-#       --workdir=gs://BUCKET/runs/gowalla [--create] [--delete] \
+#       --workdir=/gcs/BUCKET/runs/gowalla [--create] [--delete] \
 #       [--project=P] [--version=v2-alpha-tpuv5] [--dry_run] \
 #       [-- recjax.main flags...]
 #
-# --workdir should be a gs:// path (orbax and the metric writers write
-# there from every worker). --dry_run prints the gcloud commands instead
-# of running them. Everything after `--` goes to python -m recjax.main.
+# --workdir must be a path every worker sees (e.g. a bucket mounted with
+# gcsfuse at the same path on each worker): orbax and the metric writers
+# write there from every worker. --dry_run prints the gcloud commands
+# instead of running them. Everything after `--` goes to recjax.main.
 set -euo pipefail
 
 NAME= ZONE= ACCEL= CONFIG= WORKDIR= PROJECT= VERSION=v2-alpha-tpuv5
@@ -60,10 +61,12 @@ fi
 ARCHIVE=/tmp/recjax_$NAME.tar.gz
 run git -C "$ROOT" archive --format=tar.gz -o "$ARCHIVE" HEAD
 run "${G[@]}" scp "$ARCHIVE" "$NAME:~/recjax.tar.gz" "${P[@]}" --worker=all
+# Every argument is quoted for the remote shell (flags like
+# --config.graph.fanouts='(4, 3)' survive).
+ARGS=$(printf ' %q' "--config=$CONFIG" "--workdir=$WORKDIR" "${EXTRA[@]}")
 REMOTE="rm -rf ~/recjax && mkdir ~/recjax && tar xzf ~/recjax.tar.gz -C ~/recjax \
  && cd ~/recjax && make install JAX_EXTRA=tpu \
- && RECJAX_DISTRIBUTED=1 .venv/bin/python -m recjax.main \
-    --config=$CONFIG --workdir=$WORKDIR ${EXTRA[*]:-}"
+ && RECJAX_DISTRIBUTED=1 .venv/bin/python -m recjax.main$ARGS"
 run "${G[@]}" ssh "$NAME" "${P[@]}" --worker=all --command="$REMOTE"
 if [[ $DELETE -eq 1 ]]; then
   run "${G[@]}" delete "$NAME" "${P[@]}" --quiet

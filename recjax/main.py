@@ -58,6 +58,13 @@ def main(argv):
     tf.config.set_visible_devices([], 'GPU')
   from recjax.train import trainer
   config = _CONFIG.value
+  task = config.get('task', '') or 'retrieval'
+  if jax.process_count() > 1 and (task not in ('retrieval', 'graph_shards')
+                                  or _MODE.value == 'export'):
+    raise app.UsageError(
+        f'task {task!r} with --mode={_MODE.value} runs in one process; '
+        'multi-process runs support the retrieval trainer (train, eval) and '
+        "'graph_shards' (train)")
   if config.get('task', '') == 'sequence':
     from recjax.train import seq_trainer as chosen
   elif config.get('task', '') == 'graph':

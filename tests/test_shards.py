@@ -48,7 +48,8 @@ def test_partitioners_cover_every_node_and_report(method):
   assert part.parts.shape == (40,) and set(np.unique(part.parts)) == {0, 1}
   r = part.report(ip, ix)
   assert r['num_edges'] == len(ix) // 2 and 0 <= r['edge_cut'] <= 1
-  assert r['balance'] >= 1.0 and len(r['parts']) == 2
+  assert len(r['parts']) == 2
+  assert sum(p['nodes'] for p in r['parts']) == 40
   # Halo of a part: outside nodes adjacent to it, as counted in the report.
   for p in range(2):
     halo = part.halo(ip, ix, p)
@@ -116,9 +117,28 @@ def test_pair_stream_is_seeded_per_epoch_and_skips(tiny_shards):
   assert any((x != y).any() for x, y in zip(a, other))
   assert len(resumed) == steps - 5
   assert all((x == y).all() for x, y in zip(a[5:], resumed))
-  # Every pair of the parts at most once per epoch.
-  own_pairs = sum(manifest['parts'][p]['pairs'] for p in (0, 2))
-  assert steps * 16 <= own_pairs
+  # An epoch reads each of these parts' pairs at most once, and only theirs.
+  both = [b for b in shards.pair_batches(out, [0, 2], 16, seed=3, epoch=0,
+                                         steps=steps).as_numpy_iterator()]
+  users = np.concatenate([b['user'] for b in both])
+  items = np.concatenate([b['item'] for b in both])
+  keys = users.astype(np.int64) * 10**6 + items
+  assert len(np.unique(keys)) == len(keys) == steps * 16
+  part = tiny_shards[3].parts
+  g_users = NodeGraph.from_dataset(tiny_shards[1]).ids('user', users)
+  assert np.isin(part[g_users], [0, 2]).all()
+
+
+def test_pair_files_hold_exactly_the_training_pairs(tiny_shards):
+  out, ds, manifest, _ = tiny_shards
+  total = sum(p['pairs'] for p in manifest['parts'])
+  got = next(shards.pair_batches(out, range(4), total, seed=0, epoch=0,
+                                 steps=1).as_numpy_iterator())
+  users, items, times = training_pairs(ds, NodeGraph.from_dataset(
+      ds).event_types)
+  want = sorted(zip(users.tolist(), items.tolist(), times.tolist()))
+  assert sorted(zip(got['user'].tolist(), got['item'].tolist(),
+                    got['time'].tolist())) == want
 
 
 def test_parts_of_process_split_every_part_once():

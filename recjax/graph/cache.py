@@ -72,11 +72,19 @@ def block_history(cache: HistoricalCache, block: dict,
     is_halo: bool [N], True for nodes whose rows this process lacks.
   """
   values, mask = [], []
+  last = len(block['ids']) - 1
+  layers, dim = cache.values.shape[1:]
   for level, ids in enumerate(block['ids']):
+    if level == 0 or level == last:
+      # The model reads levels 1 .. L-1 only: the seeds are never replaced
+      # and the leaves have no layer state; keep their rows, drop the width.
+      values.append(np.zeros((len(ids), layers, 0), np.float32))
+      mask.append(np.zeros(len(ids), bool))
+      continue
     v, valid = cache.pull(ids)
     halo = is_halo[np.where(ids >= 0, ids, 0)] & (ids >= 0)
     values.append(v)
-    mask.append(valid & halo & (level > 0))
+    mask.append(valid & halo)
   return dict(values=tuple(values), mask=tuple(mask))
 
 

@@ -148,14 +148,14 @@ def ldg(indptr: np.ndarray, indices: np.ndarray, k: int, slack: float = 1.05,
   for start in range(0, n, chunk):
     nodes = order[start:start + chunk]
     idx = gather_ranges(indptr, nodes)
-    owner = np.repeat(np.arange(len(nodes)), np.diff(indptr)[nodes])
+    owner = np.repeat(np.arange(len(nodes)), deg[nodes].astype(np.int64))
     nbr_part = parts[indices[idx]]
     placed = nbr_part >= 0
     counts = np.zeros((len(nodes), k))
     np.add.at(counts, (owner[placed], nbr_part[placed]), 1.0)
     room = np.clip(1.0 - load / cap, 0.0, None)
     # Ties (no placed neighbour) go to the emptiest part: the tiny load term.
-    score = counts * room[None, :] - 1e-9 * load[None, :]
+    score = counts * room[None, :] - 1e-6 * (load / cap)[None, :]
     choice = np.argmax(score, axis=1).astype(np.int32)
     # Keep the chunk itself balanced: nodes whose choice is full spill over
     # to the emptiest parts, in stream order.

@@ -186,7 +186,10 @@ def write_shards(out_dir: str, graph: NodeGraph, partition: Partition,
       add(rel, 'features', _write_records(os.path.join(tmp, rel),
                                           feature_records()))
 
-      mine = np.flatnonzero(user_part == p)
+      # Shuffled once here (seeded): files sorted by user would make the
+      # stream's shuffle buffer and its cut to whole steps favour low ids.
+      mine = np.random.default_rng([p, 17]).permutation(
+          np.flatnonzero(user_part == p))
       for j, chunk in enumerate(np.array_split(mine, pair_files_per_part)):
         rel = f'{name}/pairs-{j:05d}.tfrecord'
         add(rel, 'pairs', _write_records(os.path.join(tmp, rel), (

@@ -99,6 +99,45 @@ def multi_process() -> bool:
   return jax.process_count() > 1
 
 
+def agreed(value: float) -> float:
+  """Process 0's `value` on every process (a host collective each call).
+
+  Wall-clock time differs between processes; a run that decays its
+  learning rate or stops on a time budget must use one clock everywhere, or
+  processes would disagree on the learning rate (silently diverging
+  replicas) or on the last step (the others block forever).
+  """
+  if not multi_process():
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+
+
+def check_process_major(sharding, rows_per_process: int) -> None:
+  """Raises unless process i's devices hold rows [i n, (i + 1) n) of a
+  [N n, ...] array with this batch sharding: what building a global batch
+  from per-process blocks (`from_process_local`) and regrouping it by
+  process assumes.
+
+  Raises:
+    ValueError: naming the first device whose rows lie elsewhere.
+  """
+  n = rows_per_process
+  rows = n * jax.process_count()
+  for device, index in sharding.devices_indices_map((rows,)).items():
+    sl = index[0]
+    start = sl.start or 0
+    stop = rows if sl.stop is None else sl.stop
+    lo, hi = device.process_index * n, (device.process_index + 1) * n
+    if not lo <= start < stop <= hi:
+      raise ValueError(
+          f'device {device} of process {device.process_index} holds batch '
+          f'rows [{start}, {stop}), outside its process block [{lo}, {hi}): '
+          'the mesh is not process-major along the batch axis; order '
+          'mesh devices by process (e.g. '
+          'mesh_utils.create_hybrid_device_mesh)')
+
+
 def to_global(tree: Any, shardings: Any) -> Any:
   """Host values held in full by every process -> global jax.Arrays.
 

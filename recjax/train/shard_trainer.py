@@ -22,7 +22,14 @@ graph, each process reads only its partitions (recjax.graph.shards):
                   the checkpoint has trained on
 
 Every step's pair batch is fingerprinted in WORKDIR/batches.jsonl (process
-0's rows), the record of which data each step saw.
+0's rows), the record of which data each step saw; it is appended to, so
+after a resume the steps between the checkpoint and the crash appear twice
+(trained twice: the crash lost their updates).
+
+Limits: an item seed (a positive or negative) owned by another process
+has an empty row here, so it is embedded from its id and content only, and
+the historical cache is not checkpointed (a resumed run refreshes it before
+its first step).
 """
 
 from __future__ import annotations
@@ -83,9 +90,14 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     raise ValueError(f'train.batch_size {b} and loss.num_negatives {m} must '
                      f'divide over the {pc} processes')
   b_l, m_l = b // pc, m // pc
-  if (2 * b_l + m_l) % jax.local_device_count():
-    raise ValueError(f'seeds per process 2 x {b_l} + {m_l} must divide over '
-                     f'its {jax.local_device_count()} devices')
+  nd = jax.local_device_count()
+  chunk = int(config.graph.get('history_chunk', 1024))
+  for what, n in (('train.batch_size / processes', b_l),
+                  ('loss.num_negatives / processes', m_l),
+                  ('graph.history_chunk', chunk)):
+    if n % nd:
+      raise ValueError(f'{what} = {n} must divide over the {nd} devices of '
+                       'each process')
   spe = shards.steps_per_epoch(manifest, pc, b_l)
   total = (config.train.num_steps if config.train.num_steps > 0
            else config.train.num_epochs * spe)
@@ -133,13 +145,18 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
         bs, np.asarray(x), (pc * x.shape[0],) + x.shape[1:]), local_batch)
 
-  example = to_global(make_local(0, dict(
+  local_example = make_local(0, dict(
       user=np.zeros(b_l, np.int64), item=np.zeros(b_l, np.int64),
-      time=np.zeros(b_l, np.int64))))
+      time=np.zeros(b_l, np.int64)))
+  # Host arrays of the global shapes for init (only shapes matter there).
+  init_block = jax.tree.map(
+      lambda x: np.zeros((pc * x.shape[0],) + x.shape[1:], x.dtype),
+      local_example['block'])
   tx = make_optimizer(config.optimizer)
+  distributed.check_process_major(bs, b_l)
 
   def init_fn(rng):
-    params = model.init(rng, example['block'], feats)['params']
+    params = model.init(rng, init_block, feats)['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params))
 
@@ -152,12 +169,11 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
 
   train_step = make_train_step(loss_fn, tx, base_key)
 
-  batch_shardings = jax.tree.map(lambda _: bs, example)
+  batch_shardings = jax.tree.map(lambda _: bs, local_example)
   step_fn = jax.jit(train_step,
                     in_shardings=(shardings, batch_shardings, rep, rep),
                     out_shardings=(shardings, rep), donate_argnums=0)
 
-  chunk = int(config.graph.get('history_chunk', 1024))
   hidden_fn = jax.jit(
       lambda params, block, feats, history: model.apply(
           {'params': params}, block, feats, history=history,
@@ -218,7 +234,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       logger.add(aux, step, total, lr)
       if step % config.train.checkpoint_every_steps == 0:
         checkpoint.save(mgr, step, state)
-      train_s = time.perf_counter() - t_loop
+      train_s = distributed.agreed(time.perf_counter() - t_loop)
       if step >= total or (budget_s and train_s > budget_s):
         break
     if budget_s and train_s > budget_s:
@@ -244,6 +260,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       own_nodes=int(len(local.own)), halo_nodes=int(len(local.halo)),
       history=dict(refreshes=refreshes, boundary_nodes=int(len(boundary)),
                    rows=int((cache.step >= 0).sum()),
-                   halo_hit_rate=round(float(np.mean(history_hits)), 4))
+                   halo_hit_rate=round(float(np.mean(history_hits)), 4)
+                   if history_hits else None)
       if use_history else None,
       loss=logger.last_loss)

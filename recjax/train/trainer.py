@@ -313,9 +313,10 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   step_fn = jax.jit(train_step,
                     in_shardings=(shardings, batch_shardings, rep, rep),
                     out_shardings=(shardings, rep), donate_argnums=0)
-  # Replicated outputs: every process can read the embeddings it scores.
+  # Several processes: replicated outputs, so each can read what it scores.
   embed_fn = jax.jit(lambda params, adj: model.apply({'params': params}, adj),
-                     out_shardings=rep)
+                     out_shardings=rep if distributed.multi_process()
+                     else None)
 
   def evaluate(state):
     t = time.perf_counter()
@@ -350,7 +351,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       logger.add(aux, step, total, lr)
       if step % config.train.checkpoint_every_steps == 0:
         checkpoint.save(mgr, step, state)
-      train_s = time.perf_counter() - t_loop
+      # One clock for every process: the schedule and the budget stop.
+      train_s = distributed.agreed(time.perf_counter() - t_loop)
       if eval_every and step % eval_every == 0 and step < total:
         t_eval = time.perf_counter()
         ev = evaluate(state)
