@@ -142,7 +142,7 @@ def test_config_round_trip_and_save_load(tuned, tmp_path):
   q = items[:50] + 0.1
   ids, scores = index.search(q, 10)
   # A rebuild retrains k-means, so results may differ slightly.
-  assert ix.recall_at_k(rebuilt.search(q, 10)[0], ids, 10) > 0.95
+  assert ix.recall_at_k(rebuilt.search(q, 10)[0], ids, 10) >= 0.9
   index.save(str(tmp_path / 'a'))
   shutil.move(tmp_path / 'a', tmp_path / 'b')       # assets are relative
   loaded = ix.ScannIndex.load(str(tmp_path / 'b'))

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -176,13 +175,14 @@ TRAIN_FLAGS = ['--config.model.embed_dim=16', '--config.graph.fanouts=(4, 3)',
                '--config.train.progress=False']
 
 
-def _train(shard_dir, workdir, *flags):
+def _train(shard_dir, workdir, *flags, fault_at=0):
   cmd = [sys.executable, '-m', 'recjax.main',
          '--config=configs/gnn_shards.py:graphsage', f'--workdir={workdir}',
          f'--config.data.shards={shard_dir}', *TRAIN_FLAGS, *flags]
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             RECJAX_FAULT_AT_STEP=str(fault_at))
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
 
 
 def _log(workdir):
@@ -197,41 +197,28 @@ def test_resume_after_sigkill_continues_the_epoch(tiny_shards, tmp_path):
   assert spe > steps, spe
   ref_dir, run_dir = str(tmp_path / 'ref'), str(tmp_path / 'run')
   ref = _train(out, ref_dir, f'--config.train.num_steps={steps}')
-  stdout, stderr = ref.communicate(timeout=600)
-  assert ref.returncode == 0, stderr[-3000:]
+  assert ref.returncode == 0, ref.stderr[-3000:]
   reference = {r['step']: r['pairs'] for r in _log(ref_dir)}
   assert sorted(reference) == list(range(steps))
 
-  proc = _train(out, run_dir, f'--config.train.num_steps={steps}')
-  deadline = time.time() + 600
-  while time.time() < deadline:
-    ckpt = os.path.join(run_dir, 'checkpoints')
-    done = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if (
-        os.path.isdir(ckpt)) else []
-    if 6 in done and os.path.exists(os.path.join(run_dir, 'batches.jsonl')) \
-        and len(_log(run_dir)) >= 9:
-      break
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGKILL)
-  proc.communicate()
+  # SIGKILL after step 9: checkpoint 6 has landed, steps 6-8 are lost.
+  killed = _train(out, run_dir, f'--config.train.num_steps={steps}',
+                  fault_at=9)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   first = _log(run_dir)
-  killed_at = len(first)
-  assert 9 <= killed_at < steps, killed_at          # mid-epoch
+  assert [r['step'] for r in first] == list(range(9))
 
   resumed = _train(out, run_dir, f'--config.train.num_steps={steps}')
-  stdout, stderr = resumed.communicate(timeout=600)
-  assert resumed.returncode == 0, stderr[-3000:]
-  result = json.loads(stdout.strip().splitlines()[-1])
-  ckpt_step = result['resumed_from']
-  assert ckpt_step is not None and 6 <= ckpt_step <= killed_at
-  second = _log(run_dir)[killed_at:]
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  result = json.loads(resumed.stdout.strip().splitlines()[-1])
+  assert result['resumed_from'] == 6
+  second = _log(run_dir)[len(first):]
   # The resumed run starts at its checkpoint, not at the epoch's start ...
-  assert [r['step'] for r in second] == list(range(ckpt_step, steps))
-  # ... trains exactly the batches the uninterrupted run trained there ...
+  assert [r['step'] for r in second] == list(range(6, steps))
+  # ... and trains exactly the batches the uninterrupted run trained there,
+  # none of those it had trained on before the checkpoint.
   assert all(r['pairs'] == reference[r['step']] for r in second)
-  # ... and none it had already trained on before the checkpoint.
-  trained = {reference[s] for s in range(ckpt_step)}
-  assert not trained & {r['pairs'] for r in second}
+  assert not {reference[s] for s in range(6)} & {r['pairs'] for r in second}
   assert result['steps'] == steps and result['epochs'] < 1
 
 

@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from typing import Any
 
@@ -203,6 +204,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   log = open(os.path.join(workdir, 'batches.jsonl'), 'a') if pi == 0 else None
   budget_s = config.train.budget_minutes * 60.0
   logger = StepLogger(writer, mgr, workdir, config.train.log_every, spe)
+  fault_at = int(os.environ.get('RECJAX_FAULT_AT_STEP', '0') or 0)
   train_s, step, sample_s = 0.0, start, 0.0
   t_loop = time.perf_counter()
   while step < total:
@@ -217,8 +219,9 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       local_batch = make_local(step, pairs)
       if use_history:
         m_ = local_batch['history']['mask']
+        # Levels 1 .. L-1: the ones whose layer states the model reads.
         halo_entries = sum(int(is_halo[np.maximum(ids, 0)][ids >= 0].sum())
-                           for ids in local_batch['block']['ids'][1:])
+                           for ids in local_batch['block']['ids'][1:-1])
         history_hits.append(sum(int(x.sum()) for x in m_) /
                             max(halo_entries, 1))
       batch = to_global(local_batch)
@@ -232,6 +235,11 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
         log.flush()
       step += 1
       logger.add(aux, step, total, lr)
+      if step == fault_at:
+        # Fault injection (tests): die like a preempted host, after the
+        # last checkpoint has landed, in the middle of an epoch.
+        mgr.wait_until_finished()
+        os.kill(os.getpid(), signal.SIGKILL)
       if step % config.train.checkpoint_every_steps == 0:
         checkpoint.save(mgr, step, state)
       train_s = distributed.agreed(time.perf_counter() - t_loop)
