@@ -183,6 +183,16 @@ def _loss_fn(model, cfg, b: int, m: int, groups: int = 1):
   return loss_fn
 
 
+def make_init_fn(model, tx, block, feats):
+  """rng -> a fresh TrainState, the model initialised on `block` (any
+  Block arrays of the step's shapes)."""
+  def init_fn(rng):
+    params = model.init(rng, block, feats)['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params))
+  return init_fn
+
+
 def make_train_step(loss_fn, tx, base_key):
   """(state, batch, feats, lr) -> (state, aux): one optimiser step with
   dropout keyed by the step."""
@@ -272,10 +282,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   example = seed_block(graph, sampler, stream.batch(0),
                        np.random.default_rng(0))
 
-  def init_fn(rng):
-    params = model.init(rng, example, feats)['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params))
+  init_fn = make_init_fn(model, tx, example, feats)
 
   state, shardings, mgr, restored_step = checkpoint.init_or_restore(
       init_fn, jax.random.key(config.seed), mesh, rules, workdir,

@@ -44,15 +44,15 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from recjax.graph import cache as cache_lib
 from recjax.graph import shards
 from recjax.train import checkpoint, distributed, mesh as mesh_lib
-from recjax.train.gnn_trainer import (_loss_fn, build_model, make_sampler,
-                                      make_train_step, seed_block)
-from recjax.train.state import TrainState, make_optimizer, scheduled_lr
+from recjax.train.gnn_trainer import (_loss_fn, build_model, make_init_fn,
+                                      make_sampler, make_train_step,
+                                      seed_block)
+from recjax.train.state import make_optimizer, scheduled_lr
 from recjax.train.trainer import StepLogger
 from recjax.train.writers import MetricWriter
 
@@ -156,13 +156,9 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   tx = make_optimizer(config.optimizer)
   distributed.check_process_major(bs, b_l)
 
-  def init_fn(rng):
-    params = model.init(rng, init_block, feats)['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params))
-
   state, shardings, mgr, restored = checkpoint.init_or_restore(
-      init_fn, jax.random.key(config.seed), mesh, rules, workdir,
+      make_init_fn(model, tx, init_block, feats),
+      jax.random.key(config.seed), mesh, rules, workdir,
       config.train.keep_checkpoints)
   start = int(distributed.to_host(state.step))
   loss_fn = _loss_fn(model, config, b_l, m_l, groups=pc)
