@@ -78,6 +78,8 @@ def sequence_config() -> ml_collections.ConfigDict:
   c.eval.sampled = ('uniform', 'popularity')
   c.eval.sampled_negatives = 100
   c.eval.seed = 0
+  c.eval.save_vectors = False           # WORKDIR/vectors.npz (tools/report.py)
+  c.eval.latency_requests = 0           # > 0: time this many 1-user requests
   return c
 
 

@@ -149,6 +149,32 @@ def test_cold_start_paths(rec):
   assert not {1, 2, 3} & {x['item_id'] for x in b['items']}
 
 
+def test_seller_personalised_and_seller_recommendations(rec):
+  b = rec.bundle
+  u = int(np.argmax(np.diff(b.history['seen_indptr'])))
+  seller = int(np.argmax(np.bincount(rec.meta.seller)))
+  raw = b.vocabs['seller'].raw(seller)
+  out = rec.recommend(u, k=5, seller_id=raw)
+  assert out['path'] == 'personal_seller' and out['items']
+  assert {x['seller'] for x in out['items']} == {seller}
+  # The seller's best items for this user, by the user's vector.
+  mine = np.flatnonzero((rec.meta.seller == seller) & rec.meta.in_stock)
+  mine = mine[~np.isin(mine, b.seen(u))]
+  assert len(out['items']) == min(5, len(mine))
+  with pytest.raises(ValueError, match='unknown seller_id'):
+    rec.recommend(u, k=5, seller_id='no-such-seller')
+  s = rec.recommend_sellers(u, k=4)
+  assert s['path'] == 'personal' and len(s['sellers']) == 4
+  emb, pop = rec.sellers()
+  best = np.argsort(-(emb @ b.user_emb[u]), kind='stable')[:4]
+  assert [x['seller_id'] for x in s['sellers']] == [
+      b.vocabs['seller'].raw(int(i)) for i in best]
+  cold = rec.recommend_sellers('somebody-new', k=3)
+  assert cold['path'] == 'popular'
+  assert cold['sellers'][0]['seller_id'] == b.vocabs['seller'].raw(
+      int(np.argmax(pop)))
+
+
 # ---------------------------------------------------------------- HTTP
 
 def test_api_good_requests(client):
@@ -170,6 +196,17 @@ def test_api_good_requests(client):
   assert 'recjax_requests_total' in metrics
   assert 'recjax_stage_seconds' in metrics
   assert '/v1/recommend' in client.get('/openapi.json').json()['paths']
+  r = client.post('/v1/recommend', json={'user_id': 1, 'k': 3,
+                                         'seller_id': 0})
+  assert r.status_code == 200, r.text
+  assert {x['seller'] for x in r.json()['items']} <= {0}
+  r = client.get('/v1/sellers/recommend?user_id=1&k=3')
+  assert r.status_code == 200 and len(r.json()['sellers']) == 3
+  for bad in ('/v1/sellers/recommend?k=3', '/v1/sellers/recommend?user_id=1'
+              '&k=0', '/v1/sellers/recommend?user_id=1&k=x'):
+    assert client.get(bad).status_code == 422, bad
+  r = client.post('/v1/recommend', json={'user_id': 1, 'seller_id': 'nope'})
+  assert r.status_code == 422 and 'seller_id' in r.json()['detail']
 
 
 @pytest.mark.parametrize('body', [

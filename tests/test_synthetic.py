@@ -255,3 +255,26 @@ def test_alias_sampling_matches_weights():
     freq = np.bincount(draws - a, minlength=b - a) / n
     expect = w[a:b] / w[a:b].sum()
     assert np.abs(freq - expect).max() < 0.005, (freq, expect)
+
+
+@pytest.mark.parametrize('t_scale', [1, 2**40])
+def test_merge_sorts_and_drops_repeats(t_scale):
+  # t_scale = 2**40 pushes the packed (time, user, item) key past 63 bits,
+  # the lexsort path that large marketplaces take.
+  rng = np.random.default_rng(0)
+  parts = []
+  for _ in range(3):
+    n = 500
+    parts.append(dict(timestamp=rng.integers(0, 20, n) * t_scale,
+                      user=rng.integers(0, 7, n).astype(np.int32),
+                      item=rng.integers(0, 9, n).astype(np.int32),
+                      event=np.arange(n, dtype=np.int32)))
+  want = {}
+  for p in parts:
+    for t, u, i, e in zip(p['timestamp'], p['user'], p['item'], p['event']):
+      want.setdefault((int(t), int(u), int(i)), int(e))
+  rows = synthetic._merge(parts)
+  got = list(zip(rows['timestamp'].tolist(), rows['user'].tolist(),
+                 rows['item'].tolist()))
+  assert got == sorted(want)
+  assert rows['event'].tolist() == [want[k] for k in got]

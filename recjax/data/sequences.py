@@ -82,6 +82,13 @@ class Sequences:
   def width(self) -> int:
     return self.item.shape[1]
 
+  def take(self, rows) -> 'Sequences':
+    """The sub-batch of `rows` (an index array)."""
+    rows = np.asarray(rows)
+    arrays = {f.name: getattr(self, f.name)[rows]
+              for f in dataclasses.fields(self) if f.name != 'seen'}
+    return Sequences(seen=[self.seen[r] for r in rows], **arrays)
+
   def features(self, rows, width: Optional[int] = None) -> dict:
     """The feature arrays of `rows`, keeping the last `width` columns."""
     w = width or self.width
@@ -173,6 +180,21 @@ def _grouped(inter: Interactions, users: np.ndarray, num_users: int):
   mask = col < counts[users][:, None]
   src = np.where(mask, starts[users][:, None] + col, 0)
   return np.where(mask, items[src] if len(items) else 0, -1).astype(np.int32)
+
+
+def restrict_targets(es: EvalSet, items: np.ndarray) -> Optional[EvalSet]:
+  """The slice of `es` whose targets are in `items` (e.g. the cold-start
+  items): other targets become -1, users left without one are dropped;
+  None if nobody is left."""
+  keep = np.isin(es.targets, items) & (es.targets >= 0)
+  rows = np.flatnonzero(keep.any(1))
+  if not len(rows):
+    return None
+  t = np.where(keep[rows], es.targets[rows], -1)
+  # Targets first in each row (column 0 is what sampled protocols rank).
+  t = t[np.arange(len(rows))[:, None],
+        np.argsort(t < 0, axis=1, kind='stable')]
+  return EvalSet(f'{es.name}_slice', es.history.take(rows), t)
 
 
 def eval_set(ds: Dataset, width: int, which: str = 'test',

@@ -299,7 +299,9 @@ def _simulate_chunk(rng, w: _World, truth: dict, n: int, start: int) -> dict:
 
 def _merge(parts: list[dict]) -> dict:
   """Concatenates chunks, sorts by (timestamp, user, item), drops repeats."""
-  rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  rows = {}
+  for k in list(parts[0]):     # field by field, freeing the chunks' copies
+    rows[k] = np.concatenate([p.pop(k) for p in parts])
   ts, user, item = rows['timestamp'], rows['user'], rows['item']
   if not len(ts):
     return rows
@@ -311,14 +313,20 @@ def _merge(parts: list[dict]) -> dict:
     order = np.argsort(key, kind='stable')
     key = key[order]
     dup = key[1:] == key[:-1]
+    del key
   else:
     order = np.lexsort((item, user, ts))
-    dup = ((ts[order][1:] == ts[order][:-1])
-           & (user[order][1:] == user[order][:-1])
-           & (item[order][1:] == item[order][:-1]))
+    dup = np.ones(len(order) - 1, bool)
+    for a in (ts, user, item):   # one sorted copy at a time
+      a = a[order]
+      dup &= a[1:] == a[:-1]
+  del t_rel
   if dup.any():
     order = order[np.r_[True, ~dup]]
-  return {k: v[order] for k, v in rows.items()}
+  del dup
+  for k in rows:               # one field at a time: peak = rows + 1 field
+    rows[k] = rows[k][order]
+  return rows
 
 
 def generate_events(cfg: MarketplaceConfig
@@ -396,6 +404,21 @@ def split_marketplace(events: Interactions, catalog: Catalog,
   return Dataset(name=name, num_users=U, num_items=I, train=train,
                  test=splits.drop_seen(test, train), catalog=catalog,
                  vocabs=vocabs, cold_users=cold_users, cold_items=cold_items)
+
+
+def heldout_events(cfg: MarketplaceConfig) -> Interactions:
+  """Every held-out row of `split_marketplace`'s split, all event types
+  and repeats kept (the warm rows after the time cut plus the cold rows,
+  sorted by time). ds.test keeps one row per new (user, item) pair, the
+  first (usually a click); this keeps what followed it, e.g. for 'the next
+  seller a user buys from' (recjax.train.sellers)."""
+  events, _, _ = generate_events(cfg)
+  warm, cold, _, _ = splits.hold_out_cold(
+      events, cfg.num_users, cfg.num_items, cfg.cold_user_frac,
+      cfg.cold_item_frac, seed=cfg.seed)
+  _, test = splits.temporal_split(warm, test_frac=cfg.test_frac)
+  test = Interactions.concat([test, cold])
+  return test.take(np.argsort(test.timestamp, kind='stable'))
 
 
 def generate_marketplace(cfg: Optional[MarketplaceConfig] = None

@@ -122,21 +122,41 @@ class NodeGraph:
   def _with(self, src, dst, rel, time) -> 'NodeGraph':
     """CSR from edge lists: deduplicated on (src, dst, rel), first time kept,
     grouped by source and sorted by time within a source."""
-    src, dst = src.astype(np.int64), dst.astype(np.int64)
-    rel, time = rel.astype(np.int64), time.astype(np.int64)
-    order = np.lexsort((time, rel, dst, src))
-    src, dst, rel, time = src[order], dst[order], rel[order], time[order]
-    first = np.ones(len(src), bool)
-    first[1:] = ((src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
-                 | (rel[1:] != rel[:-1]))
-    src, dst, rel, time = src[first], dst[first], rel[first], time[first]
-    order = np.lexsort((dst, time, src))
     n = self.num_nodes
+    src, dst = np.asarray(src), np.asarray(dst)
+    rel, time = np.asarray(rel), np.asarray(time, np.int64)
+    # One packed (src, dst, rel) key: a 2-key sort instead of a 4-key one
+    # and ~half the memory (this runs on 100M+ edges in tools/bench_scale).
+    b_node = max(int(n - 1).bit_length(), 1)
+    b_rel = max(int(len(self.relations) - 1).bit_length(), 1)
+    if 2 * b_node + b_rel <= 63:
+      key = (src.astype(np.int64) << (b_node + b_rel)) | (
+          dst.astype(np.int64) << b_rel) | rel.astype(np.int64)
+      order = np.lexsort((time, key))
+      key = key[order]
+      first = np.ones(len(key), bool)
+      first[1:] = key[1:] != key[:-1]
+      del key
+    else:
+      src, dst, rel = (a.astype(np.int64) for a in (src, dst, rel))
+      order = np.lexsort((time, rel, dst, src))
+      s, d, r = src[order], dst[order], rel[order]
+      first = np.ones(len(s), bool)
+      first[1:] = (s[1:] != s[:-1]) | (d[1:] != d[:-1]) | (r[1:] != r[:-1])
+      del s, d, r
+    order = order[first]       # first (earliest) copy of every edge
+    del first
+    src, dst = src[order].astype(np.int32), dst[order].astype(np.int32)
+    rel, time = rel[order].astype(np.int8), time[order]
+    del order
+    # Rows by source, each sorted by time (ties: by (dst, rel), the order
+    # the stable sort keeps from the dedupe above).
+    order = np.lexsort((time, src))
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
     return dataclasses.replace(
-        self, indptr=indptr, dst=dst[order].astype(np.int32),
-        rel=rel[order].astype(np.int8), time=time[order])
+        self, indptr=indptr, dst=dst[order], rel=rel[order],
+        time=time[order])
 
   def summary(self) -> dict:
     per_rel = np.bincount(self.rel, minlength=len(self.relations))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from recjax.models.bert4rec import BERT4Rec
+from recjax.models.hybrid import Hybrid
 from recjax.models.lightgcn import LightGCN
 from recjax.models.sasrec import SASRec
 from recjax.models.session import SessionEncoder
@@ -32,7 +33,17 @@ _REGISTRY: dict[str, Callable] = {
     'session': lambda cfg, sizes: SessionEncoder(
         **_sequence_args(cfg, sizes), item_side=sizes.get('item_side'),
         num_locations=sizes.get('num_locations', 1),
-        feature_dim=cfg.feature_dim),
+        feature_dim=cfg.feature_dim,
+        item_encoder=cfg.get('item_encoder', 'none'),
+        item_content=sizes.get('item_content')),
+    'hybrid': lambda cfg, sizes: Hybrid(
+        **_sequence_args(cfg, sizes), item_side=sizes.get('item_side'),
+        num_locations=sizes.get('num_locations', 1),
+        feature_dim=cfg.feature_dim, graph_item=sizes['graph_item'],
+        item_encoder=cfg.get('item_encoder', 'none'),
+        item_content=sizes.get('item_content'),
+        base=cfg.get('base', 'sasrec'), fusion=cfg.get('fusion', 'cross'),
+        graph_trainable=cfg.get('graph_trainable', False)),
 }
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from recjax.data.schema import DEVICES, EVENT_TYPES
 from recjax.data.sequences import NUM_GAP_BUCKETS
+from recjax.models.item_encoder import ItemEncoder
 from recjax.models.sasrec import SASRec, embedding
 
 
@@ -35,10 +36,15 @@ class SessionEncoder(SASRec):
       (0 = none), or None (then only the context features are added).
     num_locations: size of the location index space.
     feature_dim: width of each context feature embedding.
+    item_encoder: 'multimodal' adds `ItemEncoder` content vectors (text,
+      image, attributes) to every item vector; 'none' does not.
+    item_content: `recjax.models.item_encoder.content_tables` output.
   """
   item_side: dict | None = None
   num_locations: int = 1
   feature_dim: int = 16
+  item_encoder: str = 'none'
+  item_content: dict | None = None
 
   def setup(self):
     super().setup()
@@ -57,18 +63,36 @@ class SessionEncoder(SASRec):
     self.context = {name: embedding(self, f'{name}_embedding', n, f, std,
                                     ('vocab', 'embed'))
                     for name, n in sizes.items()}
+    if self.item_encoder not in ('none', 'multimodal'):
+      raise ValueError(f'model.item_encoder={self.item_encoder!r} is not one '
+                       "of ['none', 'multimodal']")
+    self.content_encoder = None
+    if self.item_encoder == 'multimodal':
+      if self.item_content is None:
+        raise ValueError("model.item_encoder='multimodal' needs a catalog "
+                         '(data without one has no item content)')
+      self.content_encoder = ItemEncoder(self.item_content, self.vocab_size,
+                                         d, init_std=std,
+                                         name='item_encoder')
     self.context_proj = nn.Dense(d, name='context_proj', kernel_init=(
         nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                      ('mlp', 'embed'))))
 
   def keys(self, ids: jax.Array) -> jax.Array:
+    return self.item_vector(ids)
+
+  def item_vector(self, ids: jax.Array) -> jax.Array:
+    """Id + seller + category + price vectors [..., D] of item ids: the
+    input at a position (subclasses may add to the output keys)."""
     out = self.item_embedding[ids]
     for lookup, table in self.side.values():
       out = out + table[lookup[ids]]
+    if self.content_encoder is not None:
+      out = out + self.content_encoder(ids)
     return out
 
   def embed_inputs(self, inputs: dict) -> jax.Array:
     ctx = [table[inputs[name].astype(jnp.int32)]
            for name, table in self.context.items()]
     ctx = self.context_proj(jnp.concatenate(ctx, axis=-1))
-    return self.keys(inputs['item']) * (self.embed_dim ** 0.5) + ctx
+    return self.item_vector(inputs['item']) * (self.embed_dim ** 0.5) + ctx

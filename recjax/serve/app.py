@@ -1,8 +1,12 @@
 """The recommendation HTTP API (FastAPI) over a `Recommender`.
 
   POST /v1/recommend      {user_id, k, context, exclude, recent_items,
-                           weights, rerank}  -> ranked items with reasons
+                           weights, rerank, seller_id}
+                                             -> ranked items with reasons
+                                                (only seller_id's items
+                                                when given)
   GET  /v1/similar/{item_id}?k=20            -> nearest items by embedding
+  GET  /v1/sellers/recommend?user_id=U&k=10  -> sellers for a user
   GET  /healthz                              -> bundle, model and index
   GET  /metrics                              -> Prometheus text
   GET  /openapi.json, /docs                  -> the schema
@@ -61,6 +65,9 @@ class RecommendRequest(pydantic.BaseModel):
                                    float, None]]] = pydantic.Field(
       None, description='Per-request re-ranker overrides, e.g. '
       '{"max_per_seller": 2, "freshness_weight": 0.3}.')
+  seller_id: Optional[RawId] = pydantic.Field(
+      None, description='Recommend only this seller\'s items, personalised '
+      'to the user.')
 
 
 def create_app(rec: Recommender, api_key: Optional[str] = None,
@@ -112,7 +119,7 @@ def create_app(rec: Recommender, api_key: Optional[str] = None,
       out = rec.recommend(
           req.user_id, k=req.k, context=req.context.model_dump(),
           exclude=req.exclude, recent_items=req.recent_items,
-          weights=req.weights, rerank=req.rerank)
+          weights=req.weights, rerank=req.rerank, seller_id=req.seller_id)
     except RequestError as e:
       raise fastapi.HTTPException(422, str(e)) from None
     for name, ms in out['timings_ms'].items():
@@ -133,6 +140,15 @@ def create_app(rec: Recommender, api_key: Optional[str] = None,
     except KeyError:
       raise fastapi.HTTPException(404, f'unknown item_id {item_id!r}'
                                   ) from None
+
+  @app.get('/v1/sellers/recommend')
+  def recommend_sellers(user_id: str = fastapi.Query(..., min_length=1),
+                        k: int = fastapi.Query(10, ge=1),
+                        x_api_key: Optional[str] = fastapi.Header(None)):
+    check_key(x_api_key)
+    if k > max_k:
+      raise fastapi.HTTPException(422, f'k={k} exceeds the maximum {max_k}')
+    return rec.recommend_sellers(user_id, k)
 
   @app.get('/healthz')
   def healthz():

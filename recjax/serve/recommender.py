@@ -76,6 +76,7 @@ class Recommender:
     self._lock = threading.Lock()
     self._item_unit = None
     self.listwise = None      # a ListwiseServer when the bundle has one
+    self._sellers = None      # (embeddings [S, D], popularity [S]), lazily
 
   @classmethod
   def load(cls, path: str, verify_hashes: bool = False, **kw
@@ -141,12 +142,67 @@ class Recommender:
     return c
 
   # ------------------------------------------------------------ serving
+  def _seller_index(self, seller_id) -> int:
+    s = _lookup(self.bundle.vocabs['seller'], seller_id)
+    if s < 0:
+      raise KeyError(seller_id)
+    return s
+
+  def sellers(self) -> tuple[np.ndarray, np.ndarray]:
+    """(seller embeddings [S, D], training purchases per seller [S]),
+    built once from the bundle (recjax.train.sellers)."""
+    if self._sellers is None:
+      from recjax.data.schema import EVENT_INDEX
+      from recjax.train import sellers as sellers_lib
+      b, h = self.bundle, self.bundle.history
+      n = len(b.vocabs['seller'])
+      buy = h['event'] == EVENT_INDEX['purchase']
+      user_of_row = np.repeat(np.arange(len(h['indptr']) - 1),
+                              np.diff(h['indptr']))
+      emb = sellers_lib.seller_embeddings(
+          b.item_emb, self.meta.seller, n, b.user_emb, user_of_row[buy],
+          h['item'][buy])
+      pop = np.bincount(self.meta.seller[h['item'][buy]], minlength=n)
+      self._sellers = (emb, pop.astype(np.float64))
+    return self._sellers
+
+  def recommend_sellers(self, user_id, k: int = 10) -> dict:
+    """Top-k sellers for a user: <user vector, seller vector>; unknown
+    users get the sellers with the most purchases."""
+    emb, pop = self.sellers()
+    b = self.bundle
+    u = _lookup(b.vocabs['user'], user_id)
+    if u >= 0:
+      score, path = emb @ b.user_emb[u], 'personal'
+    else:
+      score, path = np.log1p(pop), 'popular'
+    k = min(int(k), len(score))
+    top = np.argsort(-score, kind='stable')[:k]
+    counts = np.bincount(self.meta.seller, minlength=len(score))
+    vocab = b.vocabs['seller']
+    return dict(user_id=user_id, path=path, sellers=[
+        dict(seller_id=vocab.raw(int(s)), score=float(score[s]),
+             items=int(counts[s])) for s in top])
+
   def recommend(self, user_id, k: int = 20, context: Optional[dict] = None,
                 exclude: Sequence[Any] = (), recent_items: Sequence[Any] = (),
                 weights: Optional[dict] = None,
-                rerank: Optional[dict] = None) -> dict:
-    """Top-k items for one user with reasons, stage sizes and timings."""
+                rerank: Optional[dict] = None, seller_id=None) -> dict:
+    """Top-k items for one user with reasons, stage sizes and timings.
+
+    With `seller_id`, only that seller's items: every in-stock item of the
+    seller is scored exactly against the user's vector (a seller's
+    catalogue is small; an ANN top-10k might hold none of it), then ranked
+    and re-ranked as usual without the per-seller cap.
+    """
     t0 = time.perf_counter()
+    seller = None
+    if seller_id is not None:
+      try:
+        seller = self._seller_index(seller_id)
+      except KeyError:
+        raise RequestError(f'unknown seller_id {seller_id!r}') from None
+      rerank = dict(rerank or {}, max_per_seller=None)
     try:
       cfg = self.rerank_config.override(dict(rerank or {}, k=int(k)))
     except (ValueError, TypeError) as e:
@@ -169,7 +225,14 @@ class Recommender:
       path = 'cold_start'
 
     t = time.perf_counter()
-    if query is not None:
+    if seller is not None:
+      cand = np.flatnonzero((self.meta.seller == seller) & self.meta.in_stock)
+      cand = cand[~np.isin(cand, seen)]
+      if query is not None:
+        cscore = (b.item_emb[cand] @ query).astype(np.float32)
+      else:
+        cscore = np.log1p(b.items['popularity'][cand]).astype(np.float32)
+    elif query is not None:
       cand, cscore = self.index.search_one(query, self.num_candidates,
                                            exclude=seen)
       keep = cand >= 0
@@ -222,6 +285,8 @@ class Recommender:
                   category=int(self.meta.category[p['item']]))
              for p in picked]
     ms = lambda s: round(s * 1e3, 3)
+    if seller is not None:
+      path += '_seller'
     return dict(
         user_id=user_id, path=path, items=items,
         stages=dict(retrieved=int(len(cand)), ranked=int(len(ranked)),

@@ -1,5 +1,7 @@
 """`train_and_evaluate(config, workdir)` for sequence models: SASRec,
-BERT4Rec and the feature-rich session encoder, on a device mesh.
+BERT4Rec, the feature-rich session encoder and the graph + transformer
+hybrid (whose graph part `recjax.train.hybrid` trains first), on a device
+mesh.
 
 Phases: data (padded histories, evaluation sets) -> mesh & sharded state
 (the item table sharded by rows by the config's rules) -> restore -> loop
@@ -8,7 +10,7 @@ validation keeping the best parameters, checkpoints, time budget) -> final
 evaluation on the test split: full ranking plus the labelled sampled
 protocols.
 
-Objectives (by model): 'next' (SASRec, session): every position predicts
+Objectives (by model): 'next' (SASRec, session, hybrid): every position predicts
 the next item; 'cloze' (BERT4Rec): a `loss.mask_ratio` share of each
 history is replaced by the mask token and predicted. Negatives are drawn
 inside the step (uniform over the items seen in training, per position or
@@ -33,6 +35,7 @@ import tqdm
 from recjax import models
 from recjax.data import registry, sequences
 from recjax.data.schema import Interactions
+from recjax.models import item_encoder
 from recjax.train import checkpoint, mesh as mesh_lib, seq_losses
 from recjax.train.seq_eval import SeqEvaluator, compute_queries
 from recjax.train.state import (TrainState, make_optimizer,
@@ -40,9 +43,17 @@ from recjax.train.state import (TrainState, make_optimizer,
 from recjax.train.trainer import StepLogger
 from recjax.train.writers import MetricWriter
 
-OBJECTIVE = dict(sasrec='next', session='next', bert4rec='cloze')
+OBJECTIVE = dict(sasrec='next', session='next', bert4rec='cloze',
+                 hybrid='next')
 INPUTS = dict(sasrec=('item',), bert4rec=('item',),
               session=sequences.FEATURES)
+
+
+def inputs_of(config) -> tuple[str, ...]:
+  """The feature arrays the configured model reads."""
+  if config.model.name == 'hybrid':
+    return INPUTS[config.model.get('base', 'sasrec')]
+  return INPUTS[config.model.name]
 
 
 # ------------------------------------------------------------ objectives
@@ -146,9 +157,10 @@ def _queries(module, inputs, objective):
 
 # ----------------------------------------------------------------- data
 
-def _prepare(config, mesh):
+def _prepare(config, mesh, workdir: str):
   """Dataset, objective, model, training batcher, evaluation sets and
-  evaluators, and the pool of negative ids."""
+  evaluators, the pool of negative ids, and the graph part's embeddings
+  and metrics (hybrid only, else None)."""
   name = config.model.name
   if name not in OBJECTIVE:
     raise ValueError(f'model.name={name!r} is not a sequence model; one of '
@@ -170,6 +182,14 @@ def _prepare(config, mesh):
                item_side=sequences.item_side_features(ds),
                num_locations=1 + max(int(x.location.max(initial=0)) for x in (
                    ds.train, ds.valid, ds.test) if x is not None))
+  if config.model.get('item_encoder', 'none') == 'multimodal':
+    sizes['item_content'] = item_encoder.content_tables(ds)
+  graph = None
+  if name == 'hybrid':
+    from recjax.train import hybrid  # pylint: disable=g-import-not-at-top
+    g_users, g_items, g_metrics = hybrid.graph_embeddings(config, ds, workdir)
+    sizes['graph_item'] = hybrid.item_table(g_items)
+    graph = dict(users=g_users, items=g_items, metrics=g_metrics)
   model = models.get(name)(config.model, sizes)
   history = ds.train if ds.valid is None else Interactions.concat(
       [ds.train, ds.valid])
@@ -181,6 +201,15 @@ def _prepare(config, mesh):
                       seed=config.eval.seed,
                       batch_size=config.eval.batch_size)
       for w, es in evalsets.items() if es is not None}
+  # Cold-start items (held out of training, marketplace only): a full-
+  # ranking slice of the test targets, reported as cold_item_*.
+  cold = (sequences.restrict_targets(evalsets['test'], ds.cold_items)
+          if len(ds.cold_items) else None)
+  if cold is not None:
+    evalsets['cold_item'] = cold
+    evaluators['cold_item'] = SeqEvaluator(
+        cold, ds.num_items, ds.num_users, ks=config.eval.ks, protocols=(),
+        batch_size=config.eval.batch_size)
   batcher = sequences.SequenceBatcher(train, config.train.batch_size,
                                       buckets=config.data.get('buckets', ()),
                                       seed=config.seed)
@@ -196,7 +225,58 @@ def _prepare(config, mesh):
     pool = np.flatnonzero(np.bincount(ds.train.item,
                                       minlength=ds.num_items)) + 1
   return (ds, objective, model, batcher, evalsets, evaluators,
-          jnp.asarray(pool, jnp.int32))
+          jnp.asarray(pool, jnp.int32), graph)
+
+
+def _save_vectors(workdir, es, query_fn, keys_fn, params, inputs_used,
+                  config, objective) -> None:
+  """workdir/vectors.npz: users int32 [S] (the test EvalSet's rows),
+  queries float32 [S, D'] and keys float32 [I, D'] (item index order), for
+  tools that rank outside the trainer (tools/report.py)."""
+  q = compute_queries(
+      lambda p, x: query_fn(p, {f: x[f] for f in inputs_used}), params,
+      es.history, config.eval.batch_size, config.data.get('buckets', ()),
+      extra=int(objective == 'cloze'))
+  path = os.path.join(workdir, 'vectors.npz')
+  with open(path + '.tmp', 'wb') as f:
+    np.savez(f, users=es.history.users, queries=np.asarray(q, np.float32),
+             keys=np.asarray(keys_fn(params), np.float32))
+  os.replace(path + '.tmp', path)
+
+
+def _latency(history, query_fn, keys_fn, params, inputs_used, objective,
+             n: int, ks, buckets) -> dict:
+  """p50 / p99 milliseconds of one request: one user's history -> query
+  (jitted, compiled beforehand) -> scores over every item -> top-k."""
+  keys = np.asarray(keys_fn(params))
+  k = max(ks)
+  rows = np.random.default_rng(0).choice(len(history.users),
+                                         min(n, len(history.users)),
+                                         replace=False)
+  extra = int(objective == 'cloze')
+  widths = np.asarray(sequences.bucket_widths(history.width, buckets))
+
+  def feats(r, w=None):
+    if w is None:      # the narrowest bucket that holds the history
+      need = min(int(history.length[r]) + extra, history.width)
+      w = int(widths[np.searchsorted(widths, need)])
+    return {f: x for f, x in history.features([r], w).items()
+            if f in inputs_used}
+
+  for w in widths:                       # compile every width first
+    np.asarray(query_fn(params, feats(rows[0], int(w))))
+  times = []
+  for r in rows:
+    t = time.perf_counter()
+    q = np.asarray(query_fn(params, feats(r)))[0]
+    s = keys @ q
+    top = np.argpartition(-s, k - 1)[:k]
+    top[np.argsort(-s[top])]
+    times.append(time.perf_counter() - t)
+  ms = np.asarray(times) * 1e3
+  return dict(latency_p50_ms=float(np.percentile(ms, 50)),
+              latency_p99_ms=float(np.percentile(ms, 99)),
+              latency_requests=len(rows))
 
 
 def _placement(params) -> dict:
@@ -234,8 +314,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
   rules = tuple(tuple(r) for r in config.sharding_rules)
   (ds, objective, model, batcher, evalsets, evaluators,
-   pool) = _prepare(config, mesh)
-  inputs_used = INPUTS[config.model.name]
+   pool, graph) = _prepare(config, mesh, workdir)
+  inputs_used = inputs_of(config)
   data_s = time.perf_counter() - t0
   logging.info('data %s, %d training sequences, widths %s in %.1fs',
                ds.summary(), len(batcher.seqs.users), batcher.widths, data_s)
@@ -381,6 +461,34 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     else:
       params = jax.device_put(best_params, shardings.params)
   final = evaluate(params, 'test')
+  if config.eval.get('save_vectors', False) and jax.process_index() == 0:
+    _save_vectors(workdir, evalsets['test'], query_fn, keys_fn, params,
+                  inputs_used, config, objective)
+  if config.eval.get('latency_requests', 0) and mesh.size == 1:
+    # One request = one row, which a multi-device batch axis cannot split.
+    final.update(_latency(evalsets['test'].history, query_fn, keys_fn,
+                          params, inputs_used, objective,
+                          config.eval.latency_requests, config.eval.ks,
+                          config.data.get('buckets', ())))
+  if 'cold_item' in evaluators:
+    cold = evaluate(params, 'cold_item')
+    final.update({f'cold_item_{k}': v for k, v in cold.items()
+                  if k != 'eval_s'})
+  graph_part = {}
+  if graph is not None:
+    graph_part['graph_train_s'] = graph['metrics'].get('train_s')
+    # The graph part alone, on exactly this protocol: its user embeddings
+    # as queries against its item embeddings.
+    for which, prefix in (('test', 'graph_'), ('cold_item',
+                                                'graph_cold_item_')):
+      if which not in evaluators:
+        continue
+      g = evaluators[which].evaluate_queries(
+          graph['users'][evalsets[which].history.users],
+          jnp.asarray(graph['items']))
+      graph_part.update({f'{prefix}{k}': round(float(v), 6)
+                         for k, v in g.items()
+                         if k.startswith(('recall@', 'ndcg@', 'hr@', 'mrr'))})
   if not select_on:
     best = dict(value=final[metric], step=step)
   writer.write(step, final, prefix='test/')
@@ -401,5 +509,5 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
          for k, v in final.items()},
       selected_on=select_on, **{f'best_{select_on or "test"}_{metric}':
                                 round(best['value'], 6)},
-      best_step=best['step'], loss=last_loss, history=history,
+      best_step=best['step'], loss=last_loss, history=history, **graph_part,
       params_l2=params_l2, sharding=_placement(state.params))

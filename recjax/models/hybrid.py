@@ -1,0 +1,136 @@
+"""Hybrid graph + transformer recommender: a sequence encoder's states fused
+with a graph encoder's embeddings.
+
+The graph side is a trained graph model's item embeddings G [I + 1, Dg]
+(LightGCN by default, `recjax.train.hybrid.graph_embeddings`), frozen
+(constants of the module) or fine-tuned end to end (`graph_trainable`: a
+parameter initialised from them). A user's graph neighbourhood is the items
+of their history, so position t of a window sees
+  memory m_1..m_t = P_in(G[item_1..t])    the neighbourhood, in time order
+  user node    u_t = mean(m_1..m_t)       LightGCN's one-hop user vector
+Both are causal: nothing after position t leaks into position t's query,
+and a user never seen by the graph model still gets u_t (inductive).
+
+Fusion (`fusion`):
+  'cross'   both directions of cross-attention, then a projection:
+              a_t = Attn(q = h_t, kv = m_1..t)      sequence -> graph
+              b_t = Attn(q = u_t, kv = h_1..t)      graph -> sequence
+              query_t = Dense([h_t + a_t, u_t + b_t])
+  'concat'  late fusion: query_t = [h_t, u_t], key = [E_item, P_key(G)]
+  'gated'   late fusion: query_t = h_t + sigmoid(W[h_t, u_t]) * u_t
+Item keys are the base's keys plus P_key(G[item]) (concatenated for
+'concat'), so every fusion can score by the graph alone, the sequence alone
+or both.
+
+The base is SASRec (`base='sasrec'`: item ids only) or the feature-rich
+session encoder (`base='session'`); with `item_encoder` set (a
+`recjax.models.item_encoder.ItemEncoder`) item keys add the multimodal
+content vector.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recjax.models.sasrec import SASRec
+from recjax.models.session import SessionEncoder
+
+FUSIONS = ('cross', 'concat', 'gated')
+
+
+def _dense(name: str, d: int) -> nn.Dense:
+  return nn.Dense(d, name=name, kernel_init=nn.with_logical_partitioning(
+      nn.initializers.xavier_uniform(), ('mlp', 'embed')))
+
+
+class Hybrid(SessionEncoder):
+  """SASRec / session encoder fused with graph item embeddings.
+
+  Attributes: those of SessionEncoder, plus
+    graph_item: float32 [I + 1, Dg] graph embeddings by item id (row 0 =
+      padding, zeros).
+    base: 'sasrec' (ids only) or 'session' (event, time and catalog
+      features).
+    fusion: one of FUSIONS.
+    graph_trainable: fine-tune the graph embeddings (else frozen).
+  """
+  graph_item: np.ndarray | None = None
+  base: str = 'sasrec'
+  fusion: str = 'cross'
+  graph_trainable: bool = False
+
+  def setup(self):
+    if self.base not in ('sasrec', 'session'):
+      raise ValueError(f"model.base={self.base!r} is not one of "
+                       "['sasrec', 'session']")
+    if self.fusion not in FUSIONS:
+      raise ValueError(f'model.fusion={self.fusion!r} is not one of '
+                       f'{list(FUSIONS)}')
+    if self.graph_item is None:
+      raise ValueError('Hybrid needs graph_item embeddings')
+    if self.base == 'sasrec':
+      if self.item_encoder != 'none':
+        raise ValueError("model.item_encoder needs model.base='session'")
+      SASRec.setup(self)     # no catalog or context tables
+    else:
+      super().setup()
+    g = np.asarray(self.graph_item, np.float32)
+    g = np.pad(g, ((0, self.vocab_size - len(g)), (0, 0)))
+    if self.graph_trainable:
+      self.graph_table = self.param('graph_item_embedding',
+                                    nn.with_logical_partitioning(
+                                        lambda *_: jnp.asarray(g),
+                                        ('item', 'embed')), g.shape)
+    else:
+      self.graph_table = jnp.asarray(g)
+    d = self.embed_dim
+    self.graph_in = _dense('graph_in', d)
+    self.graph_key = _dense('graph_key', d)
+    if self.fusion == 'cross':
+      attn = lambda name: nn.MultiHeadDotProductAttention(
+          num_heads=self.num_heads, dropout_rate=self.dropout, name=name)
+      self.seq_to_graph = attn('seq_to_graph')
+      self.graph_to_seq = attn('graph_to_seq')
+      self.norms = [nn.LayerNorm(name=f'fusion_norm{i}') for i in range(3)]
+      self.fuse = _dense('fuse', d)
+    elif self.fusion == 'gated':
+      self.gate = _dense('gate', d)
+
+  def embed_inputs(self, inputs: dict) -> jax.Array:
+    if self.base == 'sasrec':
+      return SASRec.embed_inputs(self, inputs)
+    return super().embed_inputs(inputs)
+
+  def __call__(self, inputs: dict, train: bool = False) -> jax.Array:
+    """Fused states [B, T, D] ([B, T, 2D] for 'concat')."""
+    items = inputs['item']
+    h = super().__call__(inputs, train)                       # [B, T, D]
+    valid = (items > 0)[..., None].astype(h.dtype)
+    m = self.graph_in(self.graph_table[items]) * valid        # [B, T, D]
+    u = jnp.cumsum(m, axis=1) / jnp.maximum(jnp.cumsum(valid, axis=1), 1.0)
+    if self.fusion == 'concat':
+      return jnp.concatenate([h, u], axis=-1)
+    if self.fusion == 'gated':
+      return h + jax.nn.sigmoid(self.gate(jnp.concatenate([h, u], -1))) * u
+    t = items.shape[1]
+    # Query t sees keys 1..t that are real items, and always itself (a
+    # padding query would otherwise spread over every key, future ones too).
+    causal = jnp.tril(jnp.ones((t, t), bool))[None, None] & (
+        (items > 0)[:, None, None, :] | jnp.eye(t, dtype=bool)[None, None])
+    a = self.seq_to_graph(self.norms[0](h), m, mask=causal,
+                          deterministic=not train)
+    b = self.graph_to_seq(self.norms[1](u), h, mask=causal,
+                          deterministic=not train)
+    out = self.fuse(jnp.concatenate([h + a, u + b], axis=-1))
+    return self.norms[2](out + h)
+
+  def keys(self, ids: jax.Array) -> jax.Array:
+    base = (self.item_embedding[ids] if self.base == 'sasrec'
+            else self.item_vector(ids))
+    g = self.graph_key(self.graph_table[ids])
+    if self.fusion == 'concat':
+      return jnp.concatenate([base, g], axis=-1)
+    return base + g

@@ -1,0 +1,66 @@
+"""The graph half of the hybrid model (recjax.models.hybrid): a LightGCN
+trained on the same training split the sequence model sees, and its
+embeddings handed to the sequence trainer.
+
+`config.graph` is a complete retrieval config (configs/quickstart.py's
+keys); its `data` is replaced by the hybrid's own `data`, so both halves
+train on exactly the same events and neither sees a validation or test
+item. The graph model is trained once into `config.graph.workdir` (default
+WORKDIR/graph) and reused from its checkpoint afterwards (the retrieval
+trainer resumes, so a finished run is only evaluated again).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from recjax.data.schema import EVENT_TYPES, Dataset
+
+
+def graph_config(config: Any, ds: Dataset) -> ml_collections.ConfigDict:
+  """`config.graph` with the hybrid's data and the event types of ds.train
+  (unless config.graph.data.event_types names them)."""
+  g = ml_collections.ConfigDict(config.graph.to_dict())
+  with g.unlocked():
+    g.data = ml_collections.ConfigDict(config.data.to_dict())
+    present = tuple(EVENT_TYPES[e] for e in np.unique(ds.train.event))
+    g.data.event_types = tuple(config.graph.get('event_types') or present)
+    g.task = 'retrieval'
+    g.train.progress = False
+  return g
+
+
+def graph_workdir(config: Any, workdir: str) -> str:
+  return config.graph.get('workdir') or os.path.join(workdir, 'graph')
+
+
+def graph_embeddings(config: Any, ds: Dataset, workdir: str
+                     ) -> tuple[np.ndarray, np.ndarray, dict]:
+  """Trains (or resumes) the graph model and returns its embeddings.
+
+  Returns:
+    (users float32 [U, Dg], items float32 [I, Dg], metrics): metrics are the
+    graph model's own evaluation (its trainer's protocol).
+  """
+  from recjax.train import trainer  # pylint: disable=g-import-not-at-top
+  g = graph_config(config, ds)
+  gdir = graph_workdir(config, workdir)
+  logging.info('hybrid: graph model %s in %s', g.model.name, gdir)
+  metrics = trainer.train_and_evaluate(g, gdir)
+  gds, users, items, _, _ = trainer.load_embeddings(g, gdir)
+  if (gds.num_users, gds.num_items) != (ds.num_users, ds.num_items):
+    raise ValueError(f'{gdir}: the graph model has {gds.num_users} users and '
+                     f'{gds.num_items} items, the data {ds.num_users} and '
+                     f'{ds.num_items}; use a fresh config.graph.workdir')
+  return users, items, metrics
+
+
+def item_table(items: np.ndarray) -> np.ndarray:
+  """[I, Dg] by item index -> [I + 1, Dg] by item id (row 0 padding)."""
+  return np.concatenate([np.zeros((1, items.shape[1]), np.float32),
+                         items.astype(np.float32)])
