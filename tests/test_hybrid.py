@@ -180,7 +180,8 @@ def test_report_tool_end_to_end(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   last = json.loads(proc.stdout.strip().splitlines()[-1])
   names = ['popularity', 'item-kNN', 'graph (LightGCN)',
-           'transformer (session)', 'hybrid', 'hybrid + content']
+           'SASRec (item ids only)', 'transformer (session)', 'hybrid',
+           'hybrid + content']
   assert list(last['rows']) == names
   for row in last['rows'].values():
     for m in ('precision@10', 'recall@20', 'ndcg@20', 'coverage@10',
@@ -196,3 +197,19 @@ def test_report_tool_end_to_end(tmp_path):
     assert f'src="{png}"' in page
   saved = json.loads((out / 'report.json').read_text())
   assert saved['rows'] == last['rows']
+
+
+def test_impute_cold_items_from_their_catalogue_groups():
+  from recjax.train import hybrid
+  items = np.array([[2., 0.], [0., 2.], [4., 0.], [9., 9.], [7., 7.]])
+  seen = np.array([True, True, True, False, False])
+  seller = np.array([0, 1, 0, 0, 2])          # item 4's seller has none seen
+  category = np.array([0, 0, 1, 1, 3])        # nor its category
+  out = hybrid.impute_cold(items, seen, [seller, category])
+  np.testing.assert_allclose(out[:3], items[:3])
+  # Item 3: seller 0 -> mean(items 0, 2) = (3, 0); category 1 -> (4, 0);
+  # averaged (3.5, 0), scaled to the seen rows' median norm (2).
+  np.testing.assert_allclose(out[3], [2.0, 0.0], atol=1e-6)
+  np.testing.assert_allclose(out[4], [0.0, 0.0])
+  table = hybrid.item_table(out)
+  assert table.shape == (6, 2) and not table[0].any()

@@ -8,6 +8,7 @@ Trains (into OUT/runs/, resuming what is already there):
   popularity      training counts
   item-kNN        cosine item-item similarity on the training matrix
   graph           LightGCN (configs/quickstart.py)
+  SASRec          item ids only (the id-only baseline for cold items)
   transformer     the feature-rich session encoder (configs/session_marketplace.py)
   hybrid          both fused by cross-attention, the graph part frozen from
                   the run above (configs/hybrid_marketplace.py)
@@ -156,7 +157,10 @@ def main(argv):
   hyb_cfg.graph.event_types = tuple(graph_cfg.data.event_types)
   content_cfg = hyb_cfg.copy_and_resolve_references()
   content_cfg.model.item_encoder = 'multimodal'
-  for name, cfg, sub in (('transformer (session)', seq_cfg, 'transformer'),
+  ids_cfg = seq_cfg.copy_and_resolve_references()
+  ids_cfg.model.name = 'sasrec'
+  for name, cfg, sub in (('SASRec (item ids only)', ids_cfg, 'sasrec'),
+                         ('transformer (session)', seq_cfg, 'transformer'),
                          ('hybrid', hyb_cfg, 'hybrid'),
                          ('hybrid + content', content_cfg, 'hybrid_content')):
     wd = os.path.join(runs, sub)

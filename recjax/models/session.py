@@ -88,7 +88,12 @@ class SessionEncoder(SASRec):
     for lookup, table in self.side.values():
       out = out + table[lookup[ids]]
     if self.content_encoder is not None:
-      out = out + self.content_encoder(ids)
+      # Every item's content vector at once, then a gather: the text
+      # transformer runs over I descriptions per call instead of one per
+      # position and negative (B x T + N of them). For catalogues too big
+      # for that, precompute the vectors instead.
+      every = self.content_encoder(jnp.arange(self.vocab_size))
+      out = out + every[ids]
     return out
 
   def embed_inputs(self, inputs: dict) -> jax.Array:

@@ -60,7 +60,49 @@ def graph_embeddings(config: Any, ds: Dataset, workdir: str
   return users, items, metrics
 
 
+def impute_cold(items: np.ndarray, seen: np.ndarray,
+                groups: list[np.ndarray]) -> np.ndarray:
+  """Rows of items the graph model never saw in training (`seen` False:
+  cold items, whose rows are untrained initial values) replaced by the mean
+  of the seen items in each of their catalogue groups (e.g. the same seller,
+  the same leaf category), averaged over the groups that have any: one
+  propagation step over the item-seller and item-category edges, which cold
+  items do have. Without it a cold item lacks the graph part of its key and
+  ranks below every warm item.
+
+  Args:
+    items: float [I, Dg]; seen: bool [I]; groups: int [I] arrays.
+  """
+  out = items.astype(np.float32).copy()
+  cold = np.flatnonzero(~seen)
+  if not len(cold) or not seen.any():
+    return out
+  acc = np.zeros((len(cold), items.shape[1]), np.float64)
+  n = np.zeros(len(cold))
+  for g in groups:
+    g = np.asarray(g, np.int64)
+    sums = np.zeros((g.max() + 1, items.shape[1]))
+    np.add.at(sums, g[seen], items[seen])
+    cnt = np.bincount(g[seen], minlength=g.max() + 1)
+    has = cnt[g[cold]] > 0
+    acc[has] += sums[g[cold][has]] / cnt[g[cold][has], None]
+    n += has
+  mean = acc / np.maximum(n, 1)[:, None]
+  # A mean of many rows is shorter than a row; scaled to the median norm
+  # of seen rows, so a dot product does not demote cold items for it.
+  norm = np.linalg.norm(mean, axis=1, keepdims=True)
+  typical = np.median(np.linalg.norm(items[seen], axis=1))
+  mean = mean * (typical / np.maximum(norm, 1e-9))
+  out[cold] = np.where(n[:, None] > 0, mean, 0.0)
+  return out
+
+
 def item_table(items: np.ndarray) -> np.ndarray:
-  """[I, Dg] by item index -> [I + 1, Dg] by item id (row 0 padding)."""
-  return np.concatenate([np.zeros((1, items.shape[1]), np.float32),
-                         items.astype(np.float32)])
+  """[I, Dg] by item index -> [I + 1, Dg] by item id (row 0 padding),
+  scaled to unit standard deviation: graph models' embedding scales vary a
+  lot (LightGCN's grow with training); a uniform scale keeps every dot
+  product's order and the fusion layers' inputs near the range they are
+  initialised for."""
+  items = items.astype(np.float32)
+  items = items / max(float(items.std()), 1e-6)
+  return np.concatenate([np.zeros((1, items.shape[1]), np.float32), items])

@@ -188,6 +188,10 @@ def _prepare(config, mesh, workdir: str):
   if name == 'hybrid':
     from recjax.train import hybrid  # pylint: disable=g-import-not-at-top
     g_users, g_items, g_metrics = hybrid.graph_embeddings(config, ds, workdir)
+    if ds.catalog is not None:
+      g_items = hybrid.impute_cold(
+          g_items, np.bincount(ds.train.item, minlength=ds.num_items) > 0,
+          [ds.catalog.seller, ds.catalog.leaf_category])
     sizes['graph_item'] = hybrid.item_table(g_items)
     graph = dict(users=g_users, items=g_items, metrics=g_metrics)
   model = models.get(name)(config.model, sizes)
