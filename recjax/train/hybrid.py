@@ -7,7 +7,9 @@ keys); its `data` is replaced by the hybrid's own `data`, so both halves
 train on exactly the same events and neither sees a validation or test
 item. The graph model is trained once into `config.graph.workdir` (default
 WORKDIR/graph) and reused from its checkpoint afterwards (the retrieval
-trainer resumes, so a finished run is only evaluated again).
+trainer resumes, so a finished run is only evaluated again). Items the
+graph model never saw (cold items) get graph rows imputed from their
+seller's and category's items (`impute_cold`).
 """
 
 from __future__ import annotations
