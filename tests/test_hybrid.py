@@ -52,7 +52,15 @@ def test_hybrid_is_causal_and_scores_with_both_parts(fusion):
   assert not np.allclose(h[:, -1], h2[:, -1])
   keys = model.apply({'params': params}, method='all_keys')
   assert keys.shape == (I, h.shape[-1])
-  # The graph embeddings enter the keys: other graph rows, other keys.
+  # The graph embeddings enter the keys (once graph_key, zero at init, has
+  # learned anything): other graph rows, other keys.
+  gk = params['graph_key']['kernel']
+  gk = getattr(gk, 'value', gk)
+  assert not np.any(gk)
+  params = jax.tree.map(lambda x: x, params)
+  params['graph_key'] = dict(params['graph_key'], kernel=jax.random.normal(
+      jax.random.key(1), gk.shape))
+  keys = model.apply({'params': params}, method='all_keys')
   other = _hybrid(fusion)
   other = other.clone(graph_item=other.graph_item[::-1].copy())
   k2 = other.apply({'params': params}, method='all_keys')

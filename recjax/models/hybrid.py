@@ -88,7 +88,12 @@ class Hybrid(SessionEncoder):
       self.graph_table = jnp.asarray(g)
     d = self.embed_dim
     self.graph_in = _dense('graph_in', d)
-    self.graph_key = _dense('graph_key', d)
+    # Zero at init: the graph's part of the item keys grows from nothing,
+    # so the first steps' logits are the base model's, not the graph
+    # table's (unit-scale rows through a fresh projection swamp them).
+    self.graph_key = nn.Dense(d, name='graph_key', kernel_init=(
+        nn.with_logical_partitioning(nn.initializers.zeros,
+                                     ('mlp', 'embed'))))
     if self.fusion == 'cross':
       attn = lambda name: nn.MultiHeadDotProductAttention(
           num_heads=self.num_heads, dropout_rate=self.dropout, name=name)
