@@ -36,6 +36,7 @@ from recjax import models
 from recjax.data import registry, sequences
 from recjax.data.schema import Interactions
 from recjax.models import item_encoder
+from recjax.report import metrics as report_metrics
 from recjax.train import checkpoint, mesh as mesh_lib, seq_losses
 from recjax.train.seq_eval import SeqEvaluator, compute_queries
 from recjax.train.state import (TrainState, make_optimizer,
@@ -269,18 +270,9 @@ def _latency(history, query_fn, keys_fn, params, inputs_used, objective,
 
   for w in widths:                       # compile every width first
     np.asarray(query_fn(params, feats(rows[0], int(w))))
-  times = []
-  for r in rows:
-    t = time.perf_counter()
-    q = np.asarray(query_fn(params, feats(r)))[0]
-    s = keys @ q
-    top = np.argpartition(-s, k - 1)[:k]
-    top[np.argsort(-s[top])]
-    times.append(time.perf_counter() - t)
-  ms = np.asarray(times) * 1e3
-  return dict(latency_p50_ms=float(np.percentile(ms, 50)),
-              latency_p99_ms=float(np.percentile(ms, 99)),
-              latency_requests=len(rows))
+  out = report_metrics.latency_ms(
+      lambda r: keys @ np.asarray(query_fn(params, feats(r)))[0], rows, k)
+  return dict(out, latency_requests=len(rows))
 
 
 def _placement(params) -> dict:
