@@ -30,6 +30,9 @@ def get_config():
   c.model.embed_dim = 64
   c.model.ff_dim = 64
   c.model.dropout = 0.2
+  c.model.item_encoder = 'none'    # 'multimodal': text + image + attributes
+  c.model.id_dropout = 0.0         # share of item ids dropped in training
+  c.model.content_parts = ('text', 'image', 'attributes')
   c.train.num_epochs = 30
   c.train.budget_minutes = 0.0
   c.train.eval_every_epochs = 0

@@ -52,6 +52,13 @@ def test_hybrid_is_causal_and_scores_with_both_parts(fusion):
   assert not np.allclose(h[:, -1], h2[:, -1])
   keys = model.apply({'params': params}, method='all_keys')
   assert keys.shape == (I, h.shape[-1])
+  other = _hybrid(fusion)
+  other = other.clone(graph_item=other.graph_item[::-1].copy())
+  if fusion == 'score':     # the graph rows themselves are the key's tail
+    k2 = other.apply({'params': params}, method='all_keys')
+    np.testing.assert_allclose(keys[:, :D], k2[:, :D])
+    assert not np.allclose(keys, k2)
+    return
   # The graph embeddings enter the keys (once graph_key, zero at init, has
   # learned anything): other graph rows, other keys.
   gk = params['graph_key']['kernel']
@@ -61,8 +68,6 @@ def test_hybrid_is_causal_and_scores_with_both_parts(fusion):
   params['graph_key'] = dict(params['graph_key'], kernel=jax.random.normal(
       jax.random.key(1), gk.shape))
   keys = model.apply({'params': params}, method='all_keys')
-  other = _hybrid(fusion)
-  other = other.clone(graph_item=other.graph_item[::-1].copy())
   k2 = other.apply({'params': params}, method='all_keys')
   assert not np.allclose(keys, k2)
 
@@ -77,6 +82,57 @@ def test_hybrid_fine_tunes_graph_embeddings_when_asked():
   with pytest.raises(ValueError, match='fusion'):
     _hybrid('sum').init(jax.random.key(0), {'item': _items()},
                         method='init_all')
+
+
+@pytest.mark.parametrize('weight', ['learned', 'balanced'])
+def test_score_fusion_adds_the_graph_models_own_logit(weight):
+  """'score' fusion: logit = base logit + a <graph user, graph item>, the
+  user node from the graph model's table (users it lacks: the mean of
+  their history's graph rows); out of the training loss unless learned."""
+  rng = np.random.default_rng(2)
+  users = rng.normal(size=(3, 12)).astype(np.float32)
+  users[2] = 0                              # unknown to the graph model
+  model = _hybrid('score', graph_user='node', graph_user_table=users,
+                  graph_scale=0.5, graph_weight=weight)
+  items = _items()
+  inputs = {'item': items,
+            'user': jnp.broadcast_to(jnp.arange(3)[:, None], items.shape)}
+  params = model.init(jax.random.key(0), inputs, method='init_all')['params']
+  w = params['graph_score_weight']
+  assert float(getattr(w, 'value', w)) == 0.5
+  q = model.apply({'params': params}, inputs)[:, -1]
+  keys = model.apply({'params': params}, method='all_keys')
+  g = model.graph_item[1:I + 1]
+  hist = model.graph_item[np.asarray(items[2])]
+  fold_in = hist.sum(0) / (np.asarray(items[2]) > 0).sum()
+  node = np.stack([users[0], users[1], fold_in])
+  np.testing.assert_allclose(q @ keys.T - q[:, :D] @ keys[:, :D].T,
+                             0.5 * node @ g.T, rtol=1e-4, atol=1e-4)
+  qt = model.apply({'params': params}, inputs, train=True)[:, -1]
+  assert np.any(qt[:, D:]) == (weight == 'learned')
+  with pytest.raises(ValueError, match='graph_user_table'):
+    _hybrid('score', graph_user='node').init(jax.random.key(0), inputs,
+                                             method='init_all')
+
+
+def test_graph_weight_fits():
+  from recjax.train import hybrid
+  rng = np.random.default_rng(0)
+  keys = rng.normal(size=(40, 6)).astype(np.float32)
+  q = rng.normal(size=(10, 6)).astype(np.float32)
+  q[:, 3:] *= 4.0                           # graph logits 4x as spread
+  c = hybrid.balanced_score_weight(q, keys, 3)
+  q2 = q.copy()
+  q2[:, 3:] *= c
+  base, graph = q2[:, :3] @ keys[:, :3].T, q2[:, 3:] @ keys[:, 3:].T
+  spread = lambda x: (x - x.mean(1, keepdims=True)).std()
+  np.testing.assert_allclose(spread(base), spread(graph), rtol=1e-5)
+  # The validation fit returns the multiple its metric likes best.
+  target = 0.3
+  evaluate = lambda qq, k: {'ndcg@10': -abs(
+      float(np.abs(qq[:, 3:]).sum() / np.abs(q[:, 3:]).sum()) - target)}
+  best, table = hybrid.fit_score_weight(q, keys, evaluate, 3, 'ndcg@10')
+  assert best == 0.3 and len(table) == len(hybrid.WEIGHT_GRID)
 
 
 def _content(n=6, t=5):
@@ -108,6 +164,24 @@ def test_item_encoder_embeds_from_content_only():
   out2 = ItemEncoder(content, rows=8, embed_dim=D).apply({'params': params},
                                                          ids)
   assert not np.allclose(out2[1, 1], out[1, 1])
+  # A subset of the content (model.content_parts): no text, no text params.
+  image_only = {k: content[k] for k in ('image',)}
+  enc = ItemEncoder(image_only, rows=8, embed_dim=D)
+  params = enc.init(jax.random.key(0), ids)['params']
+  assert 'token_embedding' not in params and 'numeric_proj' not in params
+  assert enc.apply({'params': params}, ids).shape == (2, 3, D)
+
+
+def test_content_parts_pick_tables_and_reject_unknown_parts():
+  from recjax.data import synthetic
+  from recjax.models import item_encoder
+  ds = synthetic.generate_marketplace(synthetic.MarketplaceConfig.tiny())
+  full = item_encoder.content_tables(ds)
+  assert {'text', 'image', 'seller', 'numeric'} <= set(full)
+  some = item_encoder.content_tables(ds, parts=('image', 'attributes'))
+  assert 'text' not in some and {'image', 'seller', 'price'} <= set(some)
+  with pytest.raises(ValueError, match='content_parts'):
+    item_encoder.content_tables(ds, parts=('video',))
 
 
 def test_seller_embeddings_and_next_seller_recall():
@@ -139,6 +213,22 @@ def test_seller_embeddings_and_next_seller_recall():
   # Popularity: seller 0 has the most training purchases (users 0 and 5).
   assert out['seller_popularity_recall@1'] == pytest.approx(2 / 6)
   assert out['seller_own_history_recall@1'] == 1.0
+  assert out['seller_affinity_recall@1'] == 1.0
+
+
+def test_seller_scores_add_loyalty_taste_and_popularity():
+  affinity = np.array([[0.0, 1.0, 0.0, 0.0]])
+  pop = np.array([1.0, 1.0, 1.0, 50.0])
+  none = np.zeros((1, 4))
+  # No history: taste (seller 1) and popularity (seller 3) both count.
+  s = sellers.seller_scores(affinity, none, pop)[0]
+  assert set(np.argsort(-s)[:2]) == {1, 3} and s[0] == s[2]
+  # Many events with seller 2 outweigh both.
+  s = sellers.seller_scores(affinity, np.array([[0, 0, 20.0, 0]]), pop)[0]
+  assert np.argmax(s) == 2
+  counts = sellers.user_seller_counts(np.array([3, 3, 1]), np.array([0, 1, 1]),
+                                      np.array([0, 1]), np.array([3, 1]), 5, 2)
+  np.testing.assert_array_equal(counts, [[1, 1], [0, 1]])
 
 
 def test_report_metrics_match_hand_computed():
@@ -189,7 +279,7 @@ def test_report_tool_end_to_end(tmp_path):
   last = json.loads(proc.stdout.strip().splitlines()[-1])
   names = ['popularity', 'item-kNN', 'graph (LightGCN)',
            'SASRec (item ids only)', 'transformer (session)', 'hybrid',
-           'hybrid + content']
+           'hybrid (cross-attention)', 'hybrid + content']
   assert list(last['rows']) == names
   for row in last['rows'].values():
     for m in ('precision@10', 'recall@20', 'ndcg@20', 'coverage@10',

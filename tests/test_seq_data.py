@@ -91,7 +91,8 @@ def test_batcher_is_deterministic_and_bucketed():
   for step in range(b.steps_per_epoch):
     x = b.batch(step)
     assert x['item'].shape[0] == 8 and x['item'].shape[1] in b.widths
-    assert set(x) == set(sequences.FEATURES)
+    assert set(x) == set(sequences.FEATURES) | {'user'}
+    assert (x['user'] == x['user'][:, :1]).all()
     w = x['item'].shape[1]
     for row in x['item']:
       full = tr.item[np.flatnonzero((tr.item[:, -w:] == row).all(1))[0]]

@@ -90,9 +90,14 @@ class Sequences:
     return Sequences(seen=[self.seen[r] for r in rows], **arrays)
 
   def features(self, rows, width: Optional[int] = None) -> dict:
-    """The feature arrays of `rows`, keeping the last `width` columns."""
+    """The feature arrays [len(rows), w] of `rows`, keeping the last `width`
+    columns, plus 'user': each row's user index repeated along the window
+    (models with a user node, e.g. the hybrid's graph user, read it; one
+    shape for every feature keeps batching and sharding uniform)."""
     w = width or self.width
-    return {f: getattr(self, f)[rows, self.width - w:] for f in FEATURES}
+    out = {f: getattr(self, f)[rows, self.width - w:] for f in FEATURES}
+    out['user'] = np.repeat(self.users[rows][:, None], w, axis=1)
+    return out
 
 
 def _ordered(inter: Interactions, collapse_repeats: bool) -> Interactions:

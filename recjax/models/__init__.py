@@ -35,15 +35,20 @@ _REGISTRY: dict[str, Callable] = {
         num_locations=sizes.get('num_locations', 1),
         feature_dim=cfg.feature_dim,
         item_encoder=cfg.get('item_encoder', 'none'),
-        item_content=sizes.get('item_content')),
+        item_content=sizes.get('item_content'),
+        id_dropout=cfg.get('id_dropout', 0.0)),
     'hybrid': lambda cfg, sizes: Hybrid(
         **_sequence_args(cfg, sizes), item_side=sizes.get('item_side'),
         num_locations=sizes.get('num_locations', 1),
         feature_dim=cfg.feature_dim, graph_item=sizes['graph_item'],
         item_encoder=cfg.get('item_encoder', 'none'),
         item_content=sizes.get('item_content'),
-        base=cfg.get('base', 'sasrec'), fusion=cfg.get('fusion', 'cross'),
-        graph_trainable=cfg.get('graph_trainable', False)),
+        id_dropout=cfg.get('id_dropout', 0.0), base=cfg.get('base', 'sasrec'), fusion=cfg.get('fusion', 'cross'),
+        graph_trainable=cfg.get('graph_trainable', False),
+        graph_user=cfg.get('graph_user', 'history'),
+        graph_user_table=sizes.get('graph_user'),
+        graph_scale=sizes.get('graph_scale', 1.0),
+        graph_weight=cfg.get('graph_weight', 'learned')),
 }
 
 

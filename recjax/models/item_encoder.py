@@ -29,9 +29,16 @@ from recjax.data.schema import Dataset
 from recjax.models.attention import Encoder
 
 
-def content_tables(ds: Dataset, num_price_buckets: int = 10
-                   ) -> Optional[dict]:
+PARTS = dict(text=('text',), image=('image',),
+             attributes=('seller', 'category', 'price', 'numeric'))
+
+
+def content_tables(ds: Dataset, num_price_buckets: int = 10,
+                   parts=tuple(PARTS)) -> Optional[dict]:
   """Per-item-id content arrays (row 0 padding), or None without a catalog.
+
+  `parts` picks which of PARTS ('text', 'image', 'attributes') the item
+  encoder reads (config: model.content_parts).
 
   Returns:
     dict: 'text' int32 [I + 1, Tt] (0 = padding token), 'image' float32
@@ -57,7 +64,12 @@ def content_tables(ds: Dataset, num_price_buckets: int = 10
              numeric=pad(numeric.astype(np.float32)))
   if cat.image is not None:
     out['image'] = pad(np.asarray(cat.image, np.float32))
-  return out
+  unknown = set(parts) - set(PARTS)
+  if unknown or not parts:
+    raise ValueError(f'model.content_parts={tuple(parts)!r}: each must be one '
+                     f'of {list(PARTS)} (at least one)')
+  keep = {k for p in parts for k in PARTS[p]}
+  return {k: v for k, v in out.items() if k in keep}
 
 
 class ItemEncoder(nn.Module):
@@ -84,18 +96,21 @@ class ItemEncoder(nn.Module):
     d, std = self.embed_dim, self.init_std
     emb = lambda name, n: self.param(name, nn.with_logical_partitioning(
         nn.initializers.normal(std), ('vocab', 'embed')), (n, d), jnp.float32)
-    text = np.asarray(self.content['text'])
-    self.token_embedding = emb('token_embedding', int(text.max()) + 1)
-    self.token_pos = emb('token_pos', text.shape[1])
-    self.text_encoder = Encoder(self.text_blocks, self.num_heads, d,
-                                self.dropout, 'full', causal=False)
+    if 'text' in self.content:
+      text = np.asarray(self.content['text'])
+      self.token_embedding = emb('token_embedding', int(text.max()) + 1)
+      self.token_pos = emb('token_pos', text.shape[1])
+      self.text_encoder = Encoder(self.text_blocks, self.num_heads, d,
+                                  self.dropout, 'full', causal=False)
     self.attr = {k: emb(f'{k}_attr_embedding',
                         int(np.asarray(self.content[k]).max()) + 1)
-                 for k in ('seller', 'category', 'price')}
+                 for k in ('seller', 'category', 'price')
+                 if k in self.content}
     dense = lambda name: nn.Dense(d, name=name, kernel_init=(
         nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                      ('mlp', 'embed'))))
-    self.numeric_proj = dense('numeric_proj')
+    self.numeric_proj = (dense('numeric_proj') if 'numeric' in self.content
+                         else None)
     self.image_proj = dense('image_proj') if 'image' in self.content else None
     self.out = dense('out')
     self.norm = nn.LayerNorm(name='norm')
@@ -104,14 +119,18 @@ class ItemEncoder(nn.Module):
     """ids int [...] (0 = padding) -> [..., D] (zeros for padding)."""
     shape = ids.shape
     flat = ids.reshape(-1)
-    tokens = self.tables['text'][flat]                       # [n, Tt]
-    mask = tokens > 0
-    x = self.token_embedding[tokens] + self.token_pos[None]
-    x = self.text_encoder(x, mask, train)
-    text = (x * mask[..., None]).sum(1) / jnp.maximum(
-        mask.sum(1, keepdims=True), 1)
-    attr = sum(self.attr[k][self.tables[k][flat]] for k in self.attr)
-    parts = [text, attr, self.numeric_proj(self.tables['numeric'][flat])]
+    parts = []
+    if 'text' in self.tables:
+      tokens = self.tables['text'][flat]                     # [n, Tt]
+      mask = tokens > 0
+      x = self.token_embedding[tokens] + self.token_pos[None]
+      x = self.text_encoder(x, mask, train)
+      parts.append((x * mask[..., None]).sum(1) / jnp.maximum(
+          mask.sum(1, keepdims=True), 1))
+    if self.attr:
+      parts.append(sum(self.attr[k][self.tables[k][flat]] for k in self.attr))
+    if 'numeric' in self.tables:
+      parts.append(self.numeric_proj(self.tables['numeric'][flat]))
     if self.image_proj is not None:
       parts.append(self.image_proj(self.tables['image'][flat]))
     out = self.norm(self.out(jnp.concatenate(parts, axis=-1)))

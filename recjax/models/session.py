@@ -39,12 +39,19 @@ class SessionEncoder(SASRec):
     item_encoder: 'multimodal' adds `ItemEncoder` content vectors (text,
       image, attributes) to every item vector; 'none' does not.
     item_content: `recjax.models.item_encoder.content_tables` output.
+    id_dropout: in training, the share of item occurrences (inputs,
+      targets and negatives) whose id embedding is dropped, so the item
+      vector must be made from catalog features and content alone
+      (DropoutNet, Volkovs et al., NeurIPS 2017): an item never seen in
+      training has only those, and with every warm item's id embedding
+      always present the model learns to lean on ids.
   """
   item_side: dict | None = None
   num_locations: int = 1
   feature_dim: int = 16
   item_encoder: str = 'none'
   item_content: dict | None = None
+  id_dropout: float = 0.0
 
   def setup(self):
     super().setup()
@@ -85,6 +92,10 @@ class SessionEncoder(SASRec):
     """Id + seller + category + price vectors [..., D] of item ids: the
     input at a position (subclasses may add to the output keys)."""
     out = self.item_embedding[ids]
+    if self.id_dropout > 0 and self.has_rng('dropout'):   # training only
+      keep = jax.random.bernoulli(self.make_rng('dropout'),
+                                  1.0 - self.id_dropout, ids.shape)
+      out = out * keep[..., None].astype(out.dtype)
     for lookup, table in self.side.values():
       out = out + table[lookup[ids]]
     if self.content_encoder is not None:

@@ -148,6 +148,16 @@ class Recommender:
       raise KeyError(seller_id)
     return s
 
+  def _seller_scores(self, u: int, emb: np.ndarray, pop: np.ndarray
+                     ) -> np.ndarray:
+    """float [S]: recjax.train.sellers.seller_scores for user row u."""
+    from recjax.train import sellers as sellers_lib
+    h = self.bundle.history
+    items = h['item'][h['indptr'][u]:h['indptr'][u + 1]]
+    own = np.bincount(self.meta.seller[items], minlength=len(pop))
+    return sellers_lib.seller_scores((emb @ self.bundle.user_emb[u])[None],
+                                     own[None].astype(np.float64), pop)[0]
+
   def sellers(self) -> tuple[np.ndarray, np.ndarray]:
     """(seller embeddings [S, D], training purchases per seller [S]),
     built once from the bundle (recjax.train.sellers)."""
@@ -167,13 +177,14 @@ class Recommender:
     return self._sellers
 
   def recommend_sellers(self, user_id, k: int = 10) -> dict:
-    """Top-k sellers for a user: <user vector, seller vector>; unknown
-    users get the sellers with the most purchases."""
+    """Top-k sellers for a user by recjax.train.sellers.seller_scores
+    (their events with each seller, <user vector, seller vector>, seller
+    popularity); unknown users get the sellers with the most purchases."""
     emb, pop = self.sellers()
     b = self.bundle
     u = _lookup(b.vocabs['user'], user_id)
     if u >= 0:
-      score, path = emb @ b.user_emb[u], 'personal'
+      score, path = self._seller_scores(u, emb, pop), 'personal'
     else:
       score, path = np.log1p(pop), 'popular'
     k = min(int(k), len(score))

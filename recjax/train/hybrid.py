@@ -108,3 +108,73 @@ def item_table(items: np.ndarray) -> np.ndarray:
   items = items.astype(np.float32)
   items = items / max(float(items.std()), 1e-6)
   return np.concatenate([np.zeros((1, items.shape[1]), np.float32), items])
+
+
+def user_table(users: np.ndarray, items: np.ndarray, known: np.ndarray,
+               temperature: float = 1.0) -> tuple[np.ndarray, float]:
+  """The graph model's user vectors for the hybrid's user node
+  (`model.graph_user='node'`).
+
+  Args:
+    users: float [U, Dg] and items: float [I, Dg], the graph model's
+      embeddings; known: bool [U], users with training events (the others'
+      rows are untrained and become zeros: the model then falls back to
+      the mean of the history's graph item rows).
+    temperature: the graph model's logit temperature.
+
+  Returns:
+    (table float32 [U, Dg] scaled to unit standard deviation like
+    `item_table`, scale): scale * <user row, item row> is the graph model's
+    own logit, the initial weight of the graph score in 'score' fusion.
+  """
+  users = np.where(known[:, None], users, 0.0).astype(np.float32)
+  su = max(float(users[known].std()) if known.any() else 1.0, 1e-6)
+  si = max(float(items.std()), 1e-6)
+  return users / su, su * si / float(temperature)
+
+
+# Multiples of the graph logit's initial weight tried by fit_score_weight.
+WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+def fit_score_weight(queries: np.ndarray, keys, evaluate, base_dim: int,
+                     metric: str, grid=WEIGHT_GRID) -> tuple[float, dict]:
+  """The multiple c of the graph logit's weight that maximises `metric` on
+  a held-out split ('score' fusion with graph_weight='valid').
+
+  Args:
+    queries: float [S, D + Dg] the split's queries at the current weight
+      ([h, a g_u]: scaling columns D: by c scales the graph logit by c).
+    keys: [I, D + Dg] item keys.
+    evaluate: (queries, keys) -> metrics dict (a SeqEvaluator's
+      evaluate_queries).
+    base_dim: D, where the graph columns start.
+    metric: the key to maximise, e.g. 'ndcg@10'.
+
+  Returns:
+    (best c, {c: metric}).
+  """
+  scores = {}
+  for c in grid:
+    q = np.array(queries, np.float32, copy=True)
+    q[:, base_dim:] *= c
+    scores[float(c)] = float(evaluate(q, keys)[metric])
+  best = max(scores, key=lambda c: (scores[c], -abs(c - 1.0)))
+  return best, scores
+
+
+def balanced_score_weight(queries: np.ndarray, keys: np.ndarray,
+                          base_dim: int) -> float:
+  """The multiple c of the graph logit's weight that gives the graph logits
+  the standard deviation of the base model's logits over these queries
+  and every item ('score' fusion with graph_weight='balanced': equal say
+  for both halves, with no held-out split needed; a z-score sum).
+
+  Args:
+    queries: float [S, D + Dg]; keys: float [I, D + Dg]; base_dim: D.
+  """
+  base = queries[:, :base_dim] @ keys[:, :base_dim].T
+  graph = queries[:, base_dim:] @ keys[:, base_dim:].T
+  # Each row's mean is removed: a constant per user changes no ranking.
+  spread = lambda x: float((x - x.mean(1, keepdims=True)).std())
+  return spread(base) / max(spread(graph), 1e-12)

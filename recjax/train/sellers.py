@@ -10,14 +10,21 @@ A seller's vector combines three views (each L2-normalised, then averaged):
     s <- (1 - beta) s + beta * mean of neighbours' s (weighted)
 so a seller with few sales still gets a vector from its catalogue, and one
 with a thin catalogue from its buyers and its neighbours. Users and sellers
-then share the item space: score(user, seller) = <user vector, seller
-vector>, what GET /v1/sellers/recommend ranks by.
+then share the item space: affinity(user, seller) = <user vector, seller
+vector>. The ranking score (`seller_scores`, what GET
+/v1/sellers/recommend ranks by) adds what the vectors leave out:
+  score = log(1 + the user's events with the seller's items)   (loyalty)
+        + z(affinity)                       (taste, standardised per user)
+        + z(log(1 + the seller's purchases))                 (popularity)
+with unit weights: buyers return to sellers they know, and a dot product
+with unit-length seller vectors has no popularity term of its own.
 
 Evaluation (`evaluate_next_seller`): for every user with a purchase after
 the training cut, the seller of their first such purchase is the target;
 Recall@K = the share of those users whose target is in their top K
 sellers. Baselines on the same users: seller popularity (purchases in
-training) and the user's own most-bought sellers (then popularity).
+training), the user's own most-bought sellers (then popularity) and the
+affinity alone.
 """
 
 from __future__ import annotations
@@ -112,6 +119,34 @@ def next_seller_targets(test, item_seller: np.ndarray, users_ok: np.ndarray
   return u[first], np.asarray(item_seller)[i[first]]
 
 
+def seller_scores(affinity: np.ndarray, own: np.ndarray,
+                  purchases_per_seller: np.ndarray) -> np.ndarray:
+  """Ranking scores [n, S] of sellers for n users (see the module doc).
+
+  Args:
+    affinity: float [n, S] <user vector, seller vector>.
+    own: float [n, S] each user's training events with each seller's items.
+    purchases_per_seller: float [S] training purchases of each seller.
+  """
+  z = lambda x: (x - x.mean(-1, keepdims=True)) / np.maximum(
+      x.std(-1, keepdims=True), 1e-9)
+  pop = z(np.log1p(np.asarray(purchases_per_seller, np.float64)))
+  return np.log1p(own) + z(np.asarray(affinity, np.float64)) + pop[None]
+
+
+def user_seller_counts(user: np.ndarray, item: np.ndarray,
+                       item_seller: np.ndarray, rows: np.ndarray,
+                       num_users: int, num_sellers: int) -> np.ndarray:
+  """float [len(rows), S]: events of users `rows` with each seller's items
+  (user, item: int [E] event arrays)."""
+  row = np.full(num_users, -1)
+  row[rows] = np.arange(len(rows))
+  keep = row[user] >= 0
+  out = np.zeros((len(rows), num_sellers))
+  np.add.at(out, (row[user[keep]], np.asarray(item_seller)[item[keep]]), 1.0)
+  return out
+
+
 def recall_at(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
   """Share of rows of scores [n, S] whose target [n] is in the top k."""
   if not len(targets):
@@ -124,8 +159,9 @@ def recall_at(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
 def evaluate_next_seller(user_emb: np.ndarray, seller_emb: np.ndarray,
                          train, test, item_seller: np.ndarray,
                          num_sellers: int, ks=(10,)) -> dict:
-  """Recall@K of the next seller a user buys from: the model, seller
-  popularity and the user's own most-bought sellers, on the same users."""
+  """Recall@K of the next seller a user buys from: the ranking score
+  (`seller_scores`), the affinity alone, seller popularity and the user's
+  own most-bought sellers, on the same users."""
   num_users = len(user_emb)
   has_hist = np.bincount(train.user, minlength=num_users) > 0
   users, target = next_seller_targets(test, item_seller, has_hist)
@@ -138,9 +174,13 @@ def evaluate_next_seller(user_emb: np.ndarray, seller_emb: np.ndarray,
   row[users] = np.arange(len(users))
   m = row[bu] >= 0
   np.add.at(own, (row[bu[m]], b_seller[m]), 1.0)
+  affinity = user_emb[users] @ seller_emb.T
+  events = user_seller_counts(train.user, train.item, item_seller, users,
+                              num_users, num_sellers)
+  scores = seller_scores(affinity, events, pop)
   for k in ks:
-    out[f'seller_recall@{k}'] = recall_at(user_emb[users] @ seller_emb.T,
-                                          target, k)
+    out[f'seller_recall@{k}'] = recall_at(scores, target, k)
+    out[f'seller_affinity_recall@{k}'] = recall_at(affinity, target, k)
     out[f'seller_popularity_recall@{k}'] = recall_at(
         np.broadcast_to(pop, (len(users), num_sellers)), target, k)
     # Repeat purchases: own counts first, popularity breaks ties.

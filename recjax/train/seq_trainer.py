@@ -53,7 +53,8 @@ INPUTS = dict(sasrec=('item',), bert4rec=('item',),
 def inputs_of(config) -> tuple[str, ...]:
   """The feature arrays the configured model reads."""
   if config.model.name == 'hybrid':
-    return INPUTS[config.model.get('base', 'sasrec')]
+    node = config.model.get('graph_user', 'history') == 'node'
+    return INPUTS[config.model.get('base', 'sasrec')] + ('user',) * node
   return INPUTS[config.model.name]
 
 
@@ -184,7 +185,9 @@ def _prepare(config, mesh, workdir: str):
                num_locations=1 + max(int(x.location.max(initial=0)) for x in (
                    ds.train, ds.valid, ds.test) if x is not None))
   if config.model.get('item_encoder', 'none') == 'multimodal':
-    sizes['item_content'] = item_encoder.content_tables(ds)
+    sizes['item_content'] = item_encoder.content_tables(
+        ds, parts=tuple(config.model.get('content_parts',
+                                         tuple(item_encoder.PARTS))))
   graph = None
   if name == 'hybrid':
     from recjax.train import hybrid  # pylint: disable=g-import-not-at-top
@@ -194,7 +197,20 @@ def _prepare(config, mesh, workdir: str):
           g_items, np.bincount(ds.train.item, minlength=ds.num_items) > 0,
           [ds.catalog.seller, ds.catalog.leaf_category])
     sizes['graph_item'] = hybrid.item_table(g_items)
+    if config.model.get('graph_user', 'history') == 'node':
+      sizes['graph_user'], sizes['graph_scale'] = hybrid.user_table(
+          g_users, g_items,
+          np.bincount(ds.train.user, minlength=ds.num_users) > 0,
+          config.graph.loss.get('temperature', 1.0))
     graph = dict(users=g_users, items=g_items, metrics=g_metrics)
+  weight = config.model.get('graph_weight', 'learned')
+  if name == 'hybrid' and weight not in ('learned', 'valid', 'balanced'):
+    raise ValueError(f'model.graph_weight={weight!r} is not one of '
+                     "['learned', 'valid', 'balanced']")
+  if name == 'hybrid' and weight == 'valid' and evalsets['valid'] is None:
+    raise ValueError("model.graph_weight='valid' fits the graph logit's "
+                     f'weight on the validation split; data {ds.name!r} has '
+                     "none: use model.graph_weight='balanced'")
   model = models.get(name)(config.model, sizes)
   history = ds.train if ds.valid is None else Interactions.concat(
       [ds.train, ds.valid])
@@ -273,6 +289,43 @@ def _latency(history, query_fn, keys_fn, params, inputs_used, objective,
   out = report_metrics.latency_ms(
       lambda r: keys @ np.asarray(query_fn(params, feats(r)))[0], rows, k)
   return dict(out, latency_requests=len(rows))
+
+
+def _fit_graph_weight(params, shardings, query_fn, keys_fn, ds, valid,
+                      evaluator, inputs_used, config) -> tuple[Any, dict]:
+  """The hybrid's graph-logit weight after training ('score' fusion;
+  recjax.train.hybrid): 'valid' fits it on the validation split,
+  'balanced' gives the graph logits the spread of the base logits over
+  training users' histories. Returns params with that weight, and what
+  the fit saw."""
+  from recjax.train import hybrid  # pylint: disable=g-import-not-at-top
+  run = lambda p, x: query_fn(p, {f: x[f] for f in inputs_used})
+  buckets = config.data.get('buckets', ())
+  keys = keys_fn(params)
+  d = config.model.embed_dim
+  if config.model.graph_weight == 'valid':
+    q = compute_queries(run, params, valid.history, config.eval.batch_size,
+                        buckets)
+    c, table = hybrid.fit_score_weight(q, keys, evaluator.evaluate_queries,
+                                       d, config.eval.select_metric)
+    fit = dict(graph_weight_fit=json.dumps(table))
+  else:
+    users = np.unique(ds.train.user)
+    users = np.random.default_rng(config.seed).choice(
+        users, min(len(users), 2048), replace=False)
+    hist = sequences.build(ds.train, ds.num_users, config.model.max_len,
+                           np.sort(users),
+                           config.data.get('collapse_repeats', False))
+    q = compute_queries(run, params, hist, config.eval.batch_size, buckets)
+    c = hybrid.balanced_score_weight(q, np.asarray(keys), d)
+    fit = {}
+  w = float(jax.device_get(params['graph_score_weight'])) * c
+  logging.info('graph logit weight x%.4g = %.4g (%s)', c, w,
+               config.model.graph_weight)
+  params = dict(params, graph_score_weight=jax.device_put(
+      jnp.float32(w), shardings.params['graph_score_weight']))
+  return params, dict(graph_weight=round(w, 6),
+                      graph_weight_multiple=round(float(c), 6), **fit)
 
 
 def _placement(params) -> dict:
@@ -367,7 +420,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     n = config.train.batch_size
     for w in np.asarray(batcher.widths)[np.unique(batcher.bucket)]:
       spec = {f: jax.ShapeDtypeStruct(
-          (n, int(w)), getattr(batcher.seqs, f).dtype, sharding=bs)
+          (n, int(w)), getattr(batcher.seqs, 'users' if f == 'user' else f
+                               ).dtype, sharding=bs)
               for f in inputs_used}
       executables[int(w)] = step_fn.lower(state, spec,
                                           np.float32(0)).compile()
@@ -456,7 +510,22 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       best = dict(value=ev[metric], step=step)
     else:
       params = jax.device_put(best_params, shardings.params)
+  graph_fit = {}
+  if graph is not None and model.fusion == 'score' and \
+      model.graph_weight != 'learned':
+    params, graph_fit = _fit_graph_weight(params, shardings, query_fn,
+                                          keys_fn, ds, evalsets.get('valid'),
+                                          evaluators.get('valid'),
+                                          inputs_used, config)
   final = evaluate(params, 'test')
+  if graph_fit:
+    # The sequence half alone (graph logit weight 0), same protocol: with
+    # graph_<metric> below, both parts of the fused score.
+    alone = evaluate(dict(params, graph_score_weight=jax.device_put(
+        jnp.float32(0), shardings.params['graph_score_weight'])), 'test')
+    graph_fit.update({f'base_{k}': round(float(v), 6) for k, v in
+                      alone.items() if k.startswith(('recall@', 'ndcg@',
+                                                     'hr@', 'mrr'))})
   if config.eval.get('save_vectors', False) and jax.process_index() == 0:
     _save_vectors(workdir, evalsets['test'], query_fn, keys_fn, params,
                   inputs_used, config, objective)
@@ -506,4 +575,5 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       selected_on=select_on, **{f'best_{select_on or "test"}_{metric}':
                                 round(best['value'], 6)},
       best_step=best['step'], loss=last_loss, history=history, **graph_part,
+      **graph_fit,
       params_l2=params_l2, sharding=_placement(state.params))
