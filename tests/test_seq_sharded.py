@@ -1,7 +1,8 @@
 """SASRec through recjax.main on 1 device and on 8 simulated CPU devices
 (mesh data x model = 4 x 2): the same loss and metrics, the item table
 sharded by rows over 'model'. BERT4Rec and the session encoder train in
-process, and a checkpoint evaluated again gives the same metrics."""
+process, and a checkpoint evaluated again gives the same metrics. The
+hybrid's late fusion fits its graph weight on the validation split."""
 
 import json
 import subprocess
@@ -126,3 +127,25 @@ def test_bert4rec_and_session_train(tmp_path):
   assert session['model'] == 'session' and session['selected_on'] is None
   assert session['data'] == 'marketplace' and np.isfinite(session['loss'])
   assert "['seller_embedding']" in session['sharding']
+
+
+def test_hybrid_score_fusion_fits_the_graph_weight_on_validation(tmp_path):
+  """configs/hybrid_ml1m.py on a toy file: LightGCN trains first, the
+  sequence half alone, then the graph logit's weight is fitted on the
+  validation split; the run reports the fused model and both halves."""
+  from recjax.train.hybrid import WEIGHT_GRID
+  data = write_sasrec_file(tmp_path / 'toy.txt')
+  out, _ = run_main(tmp_path / 'hyb', 'configs/hybrid_ml1m.py', tiny_overrides(
+      data, '--config.graph.train.num_epochs=2',
+      '--config.graph.train.batch_size=128', '--config.graph.model.embed_dim=8',
+      '--config.graph.loss.num_negatives=32',
+      '--config.graph.train.tensorboard=False'), devices=1)
+  assert out['model'] == 'hybrid' and out['selected_on'] == 'valid'
+  table = {float(c): v for c, v in json.loads(out['graph_weight_fit']).items()}
+  assert sorted(table) == sorted(WEIGHT_GRID)
+  c = out['graph_weight_multiple']
+  assert table[c] == max(table.values())
+  for k in ('ndcg@10', 'hr@10'):
+    assert 0 <= out[f'base_{k}'] <= 1 and 0 <= out[f'graph_{k}'] <= 1
+  if c == 0:       # no graph weight: the fused model is its sequence half
+    assert out['ndcg@10'] == out['base_ndcg@10']
