@@ -32,6 +32,8 @@ Fusion (`fusion`):
             vectors have seen every training target, so a graph logit in
             the loss explains the training positions too well, and the
             sequence half learns little ('learned': trained end to end).
+            Validations during training (best-checkpoint selection) score
+            with a at its initial value, the graph model's own scale.
 Item keys are the base's keys plus P_key(G[item]) (concatenated for
 'concat', G[item] itself for 'score'), so every fusion can score by the
 graph alone, the sequence alone or both.
