@@ -164,15 +164,20 @@ def fit_score_weight(queries: np.ndarray, keys, evaluate, base_dim: int,
 
 
 def balanced_score_weight(queries: np.ndarray, keys: np.ndarray,
-                          base_dim: int) -> float:
+                          base_dim: int, max_items: int = 20000) -> float:
   """The multiple c of the graph logit's weight that gives the graph logits
   the standard deviation of the base model's logits over these queries
   and every item ('score' fusion with graph_weight='balanced': equal say
   for both halves, with no held-out split needed; a z-score sum).
 
   Args:
-    queries: float [S, D + Dg]; keys: float [I, D + Dg]; base_dim: D.
+    queries: float [S, D + Dg]; keys: float [I, D + Dg]; base_dim: D;
+    max_items: at most this many items (a uniform sample) are scored, so
+      the [S, I] score matrices stay small for large catalogues.
   """
+  if len(keys) > max_items:   # a sample of items estimates a spread
+    keys = keys[np.random.default_rng(0).choice(len(keys), max_items,
+                                                replace=False)]
   base = queries[:, :base_dim] @ keys[:, :base_dim].T
   graph = queries[:, base_dim:] @ keys[:, base_dim:].T
   # Each row's mean is removed: a constant per user changes no ranking.

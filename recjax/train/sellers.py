@@ -169,11 +169,8 @@ def evaluate_next_seller(user_emb: np.ndarray, seller_emb: np.ndarray,
   b_seller = np.asarray(item_seller)[bi]
   pop = np.bincount(b_seller, minlength=num_sellers).astype(np.float64)
   out = dict(seller_eval_users=int(len(users)))
-  own = np.zeros((len(users), num_sellers))
-  row = np.full(num_users, -1)
-  row[users] = np.arange(len(users))
-  m = row[bu] >= 0
-  np.add.at(own, (row[bu[m]], b_seller[m]), 1.0)
+  own = user_seller_counts(bu, bi, item_seller, users, num_users,
+                           num_sellers)
   affinity = user_emb[users] @ seller_emb.T
   events = user_seller_counts(train.user, train.item, item_seller, users,
                               num_users, num_sellers)
