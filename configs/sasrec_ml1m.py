@@ -52,6 +52,7 @@ def sequence_config() -> ml_collections.ConfigDict:
   c.model.chunk = 64                    # causal linear: chunk length
   c.model.init_std = 0.02
   c.model.feature_dim = 16              # session: context embedding width
+  c.model.item_bias = False             # session: per-item logit bias
 
   c.loss.name = 'sampled_softmax'   # | 'bce' | 'gbce' | 'full_softmax'
   c.loss.num_negatives = 256

@@ -251,6 +251,20 @@ def test_report_metrics_match_hand_computed():
   seen = [np.array([0, 2]), np.array([1], np.int64)]
   got = metrics.top_lists(lambda r: scores[r], 2, seen, 3)
   assert got.tolist() == [[1, 3, 4], [0, 2, 3]]
+  # Among cold items 6, 8, 9 only: by score 6 > 8 > 9, warm ones out.
+  top_cold = metrics.cold_top(lambda r: scores[r], 2, np.array([9, 6, 8]), 2)
+  assert top_cold.tolist() == [[6, 8], [6, 8]]
+  # 40 items, 12 of them cold (28..39); user 0's targets: warm 2, cold 35.
+  cold = np.arange(28, 40)
+  scores = np.tile(np.arange(40, 0, -1, dtype=np.float32), (2, 1))
+  scores[:, 35] = 100.0 - 72.0                  # first among the cold
+  top = metrics.top_lists(lambda r: scores[r], 2, [np.zeros(0, int)] * 2, 20)
+  top_cold = metrics.cold_top(lambda r: scores[r], 2, cold, 10)
+  assert top_cold[0, 0] == 35 and set(top_cold[0]) <= set(cold)
+  row = metrics.table_row(top, np.array([[2, 35], [-1, -1]]), cold, 40,
+                          np.arange(40) % 3, top_cold=top_cold)
+  assert row['cold_item_recall@10'] == 0.0        # 35 ranks 13th of all
+  assert row['cold_item_within_cold_recall@10'] == 1.0
 
 
 def test_restrict_targets_keeps_only_the_slice():
@@ -266,6 +280,41 @@ def test_restrict_targets_keeps_only_the_slice():
   assert cut.history.users.tolist() == [0, 2]
   assert cut.targets.tolist() == [[7, -1, -1], [8, -1, -1]]
   assert sequences.restrict_targets(es, np.array([99])) is None
+  # Ranked among items 4, 7 and 8 only: targets and the masked history
+  # become positions in that list, other items drop out.
+  es.history.seen[2] = np.array([2, 7])
+  within = sequences.among(es, np.array([4, 7, 8]))
+  assert within.history.users.tolist() == [0, 2]
+  assert within.targets.tolist() == [[0, 1, -1], [0, 2, -1]]
+  assert [x.tolist() for x in within.history.seen] == [[], [1]]
+  np.testing.assert_array_equal(within.history.item, es.history.item[[0, 2]])
+
+
+def test_item_bias_is_a_key_dimension_and_cold_items_get_the_expected_one():
+  from recjax.models.session import SessionEncoder
+  seen = np.array([0, 1, 1, 1, 0, 0, 0, 0], bool)   # ids 1-3 seen, 4-5 cold
+  model = SessionEncoder(num_items=5, vocab_size=8, max_len=4, embed_dim=D,
+                         item_bias=True, item_seen=seen)
+  x = {f: jnp.ones((2, 4), jnp.int32) for f in (
+      'item', 'event', 'gap', 'device', 'hour', 'location')}
+  params = model.init(jax.random.key(0), x, method='init_all')['params']
+  bias = np.zeros(8, np.float32)
+  bias[1:4] = np.log([1.0, 2.0, 6.0])
+  bias[4] = 5.0                          # an untrained row: ignored
+  params = dict(params, item_bias=jnp.asarray(bias))
+  h = model.apply({'params': params}, x)
+  q = model.apply({'params': params}, h, method='query')
+  k = np.asarray(model.apply({'params': params}, method='all_keys'))
+  assert q.shape[-1] == k.shape[-1] == D + 1
+  np.testing.assert_allclose(q[..., -1], 1.0)
+  np.testing.assert_allclose(k[:3, -1], bias[1:4], rtol=1e-6)
+  # Cold items: log of the mean of exp(b) over seen items = log 3.
+  np.testing.assert_allclose(k[3:, -1], np.log(3.0), rtol=1e-5)
+  # Scores are q . k: the bias adds to every item's logit.
+  plain = SessionEncoder(num_items=5, vocab_size=8, max_len=4, embed_dim=D)
+  hp = {k2: v for k2, v in params.items() if k2 != 'item_bias'}
+  kp = np.asarray(plain.apply({'params': hp}, method='all_keys'))
+  np.testing.assert_allclose(k[:, :D], kp, rtol=1e-6)
 
 
 @pytest.mark.slow

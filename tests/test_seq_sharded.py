@@ -102,10 +102,13 @@ c.data.update(name='sasrec', collapse_repeats=False, path=data)
 out = [seq_trainer.train_and_evaluate(c, tmp + '/b4r')]
 out.append(seq_trainer.train_and_evaluate(c, tmp + '/b4r', 'eval'))
 c = tiny('session')
+c.model.update(dict(item_bias=True, item_encoder='multimodal',
+                    content_parts=('image', 'attributes')))
 m = MarketplaceConfig.tiny()
 c.data.marketplace = {f: getattr(m, f) for f in (
     'num_users', 'num_items', 'num_sellers', 'num_events', 'taxonomy',
     'days', 'num_locations')}
+c.data.marketplace['cold_item_frac'] = 0.15     # 30 cold items: > K = 10
 out.append(seq_trainer.train_and_evaluate(c, tmp + '/session'))
 print(json.dumps(out))
 """
@@ -127,6 +130,12 @@ def test_bert4rec_and_session_train(tmp_path):
   assert session['model'] == 'session' and session['selected_on'] is None
   assert session['data'] == 'marketplace' and np.isfinite(session['loss'])
   assert "['seller_embedding']" in session['sharding']
+  assert "['item_bias']" in session['sharding']
+  # Cold items ranked among all items and among the cold ones, beside the
+  # leaf-popularity baseline.
+  for k in ('cold_item_recall@10', 'cold_item_within_cold_recall@10',
+            'cold_item_within_cold_popularity_recall@10'):
+    assert 0 <= session[k] <= 1, k
 
 
 def test_hybrid_score_fusion_fits_the_graph_weight_on_validation(tmp_path):

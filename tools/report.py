@@ -129,8 +129,9 @@ def main(argv):
   def add(name, score_fn, score_one, latency=None):
     top = metrics.top_lists(score_fn, len(users), seen, k)
     lat = latency or metrics.latency_ms(score_one, lat_rows)
+    top_cold = metrics.cold_top(score_fn, len(users), ds.cold_items, 10)
     rows[name] = metrics.table_row(top, targets, ds.cold_items, ds.num_items,
-                                   category, lat)
+                                   category, lat, top_cold)
     print(name, json.dumps({m: round(v, 4) for m, v in rows[name].items()}),
           flush=True)
 

@@ -202,6 +202,26 @@ def restrict_targets(es: EvalSet, items: np.ndarray) -> Optional[EvalSet]:
   return EvalSet(f'{es.name}_slice', es.history.take(rows), t)
 
 
+def among(es: EvalSet, items: np.ndarray) -> Optional[EvalSet]:
+  """`es` re-indexed to rank only `items` (sorted 0-based ids, e.g. the
+  cold-start items): targets and masked history items become positions in
+  `items`, others are dropped, users left without a target are dropped.
+  Model inputs (the history windows) are unchanged; score the result
+  against keys[items]."""
+  items = np.asarray(items)
+  es = restrict_targets(es, items)
+  if es is None:
+    return None
+  t = es.targets
+  pos = np.searchsorted(items, np.maximum(t, 0))
+  targets = np.where(t >= 0, pos, -1).astype(np.int32)
+  h = es.history
+  seen = [np.searchsorted(items, x[np.isin(x, items)]).astype(np.int32)
+          for x in map(np.asarray, h.seen)]
+  return EvalSet(f'{es.name}_among', dataclasses.replace(h, seen=seen),
+                 targets)
+
+
 def eval_set(ds: Dataset, width: int, which: str = 'test',
              collapse_repeats: bool = False) -> Optional[EvalSet]:
   """Histories and targets for `which` ('valid' or 'test').

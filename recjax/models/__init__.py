@@ -36,7 +36,9 @@ _REGISTRY: dict[str, Callable] = {
         feature_dim=cfg.feature_dim,
         item_encoder=cfg.get('item_encoder', 'none'),
         item_content=sizes.get('item_content'),
-        id_dropout=cfg.get('id_dropout', 0.0)),
+        id_dropout=cfg.get('id_dropout', 0.0),
+        item_bias=cfg.get('item_bias', False),
+        item_seen=sizes.get('item_seen')),
     'hybrid': lambda cfg, sizes: Hybrid(
         **_sequence_args(cfg, sizes), item_side=sizes.get('item_side'),
         num_locations=sizes.get('num_locations', 1),

@@ -45,6 +45,17 @@ class SessionEncoder(SASRec):
       (DropoutNet, Volkovs et al., NeurIPS 2017): an item never seen in
       training has only those, and with every warm item's id embedding
       always present the model learns to lean on ids.
+    item_bias: adds a learned per-item logit bias b_i, as one more key
+      dimension against a constant 1 in the query (so retrieval stays a
+      dot product). Popularity then has its own channel instead of being
+      folded into the id and content vectors.
+    item_seen: bool [vocab_size], the ids trained on (None: all). With
+      item_bias, the others (cold items, never seen in training) get the
+      expected bias of an item whose popularity is unknown,
+      log mean_seen exp(b_i): their expected share of the softmax, which
+      content cannot predict. Their own zero bias would rank every new
+      item as a typical (median, under a power law) one, below the warm
+      head it competes with.
   """
   item_side: dict | None = None
   num_locations: int = 1
@@ -52,9 +63,14 @@ class SessionEncoder(SASRec):
   item_encoder: str = 'none'
   item_content: dict | None = None
   id_dropout: float = 0.0
+  item_bias: bool = False
+  item_seen: np.ndarray | None = None
 
   def setup(self):
     super().setup()
+    if self.item_bias:
+      self.bias = self.param('item_bias', nn.with_logical_partitioning(
+          nn.initializers.zeros, ('vocab',)), (self.vocab_size,), jnp.float32)
     d, std = self.embed_dim, self.init_std
     side = {}
     for name, ids in sorted((self.item_side or {}).items()):
@@ -85,8 +101,22 @@ class SessionEncoder(SASRec):
         nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                      ('mlp', 'embed'))))
 
+  def query(self, hidden: jax.Array) -> jax.Array:
+    if not self.item_bias:
+      return hidden
+    return jnp.concatenate([hidden, jnp.ones_like(hidden[..., :1])], -1)
+
   def keys(self, ids: jax.Array) -> jax.Array:
-    return self.item_vector(ids)
+    if not self.item_bias:
+      return self.item_vector(ids)
+    bias = self.bias[ids]
+    if self.item_seen is not None:
+      seen = jnp.asarray(self.item_seen)
+      prior = jax.lax.stop_gradient(
+          jax.nn.logsumexp(jnp.where(seen, self.bias, -jnp.inf))
+          - jnp.log(jnp.maximum(seen.sum(), 1)))
+      bias = jnp.where(seen[ids], bias, prior)
+    return jnp.concatenate([self.item_vector(ids), bias[..., None]], -1)
 
   def item_vector(self, ids: jax.Array) -> jax.Array:
     """Id + seller + category + price vectors [..., D] of item ids: the

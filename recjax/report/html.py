@@ -23,6 +23,8 @@ TABLE = (('precision@10', 'Precision@10', '{:.4f}'),
          ('ndcg@20', 'NDCG@20', '{:.4f}'),
          ('coverage@10', 'Item coverage@10', '{:.1%}'),
          ('cold_item_recall@10', 'Cold-start item Recall@10', '{:.4f}'),
+         ('cold_item_within_cold_recall@10',
+          'Cold-start item Recall@10 among new items', '{:.4f}'),
          ('ild@10', 'Intra-list diversity@10', '{:.3f}'),
          ('latency_p50_ms', 'p50 latency (ms)', '{:.2f}'),
          ('latency_p99_ms', 'p99 latency (ms)', '{:.2f}'))
@@ -60,7 +62,9 @@ def _plots(out_dir: str, rows: dict, curves: dict) -> list[str]:
   plt.close(fig)
   files.append('training_curves.png')
   metrics = [m for m in ('precision@10', 'recall@20', 'ndcg@20',
-                         'cold_item_recall@10', 'coverage@10', 'ild@10')
+                         'cold_item_recall@10',
+                         'cold_item_within_cold_recall@10', 'coverage@10',
+                         'ild@10')
              if any(m in r for r in rows.values())]
   fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 3.4),
                            squeeze=False)

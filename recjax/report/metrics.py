@@ -9,6 +9,9 @@ recjax.train.seq_eval). Figures:
   coverage@10      share of the catalogue in at least one user's top 10
   cold_item_recall@10  recall over the targets that are cold-start items
                    (never in training), users with such a target only
+  cold_item_within_cold_recall@10  the same targets, with the model's
+                   scores ranking the cold items only ("which new
+                   product?"; `cold_top`)
   ild@10           intra-list diversity: mean share of pairs in a top 10
                    whose items are in different leaf categories
   latency          p50 / p99 ms of one request (one user's scores + top-k)
@@ -96,16 +99,35 @@ def latency_ms(score_one: Callable[[int], np.ndarray], rows: np.ndarray,
               latency_p99_ms=float(np.percentile(ms, 99)))
 
 
+def cold_top(score_fn: ScoreFn, num_rows: int, cold_items: np.ndarray,
+             k: int, batch: int = 512) -> np.ndarray:
+  """int [S, k] best cold items of every row (item indices): the model's
+  scores of `cold_items` only, every other item out of the running."""
+  cold_items = np.asarray(cold_items)
+  def only_cold(rows):
+    s = np.asarray(score_fn(rows), np.float32)
+    out = np.full_like(s, -np.inf)
+    out[:, cold_items] = s[:, cold_items]
+    return out
+  empty = [np.zeros(0, np.int64)] * num_rows
+  return top_lists(only_cold, num_rows, empty, min(k, len(cold_items)), batch)
+
+
 def table_row(top: np.ndarray, targets: np.ndarray, cold_items: np.ndarray,
               num_items: int, category: np.ndarray,
-              latency: Optional[dict] = None) -> dict:
-  """Every figure of the results table for one model's top lists."""
+              latency: Optional[dict] = None,
+              top_cold: Optional[np.ndarray] = None) -> dict:
+  """Every figure of the results table for one model's top lists (and its
+  `cold_top` lists, for the among-cold-items recall)."""
   row = ranking_metrics(top, targets, ks=(10, 20))
   cold = np.where(np.isin(targets, cold_items), targets, -1)
   c = ranking_metrics(top, cold, ks=(10, 20))
   row['cold_item_recall@10'] = c['recall@10']
   row['cold_item_recall@20'] = c['recall@20']
   row['cold_item_users'] = c['users']
+  if top_cold is not None and top_cold.shape[1] >= 10:
+    w = ranking_metrics(top_cold, cold, ks=(10,))
+    row['cold_item_within_cold_recall@10'] = w['recall@10']
   row['coverage@10'] = coverage(top, num_items)
   row['ild@10'] = intra_list_diversity(top, category)
   row.update(latency or {})

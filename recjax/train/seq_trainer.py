@@ -184,6 +184,13 @@ def _prepare(config, mesh, workdir: str):
                item_side=sequences.item_side_features(ds),
                num_locations=1 + max(int(x.location.max(initial=0)) for x in (
                    ds.train, ds.valid, ds.test) if x is not None))
+  if config.model.get('item_bias', False):
+    # Which ids have a trained bias (id = index + 1): the rest get the
+    # expected bias of an item of unknown popularity (models.session).
+    seen = np.zeros(sizes['vocab_size'], bool)
+    seen[1:ds.num_items + 1] = np.bincount(ds.train.item,
+                                           minlength=ds.num_items) > 0
+    sizes['item_seen'] = seen
   if config.model.get('item_encoder', 'none') == 'multimodal':
     sizes['item_content'] = item_encoder.content_tables(
         ds, parts=tuple(config.model.get('content_parts',
@@ -231,6 +238,18 @@ def _prepare(config, mesh, workdir: str):
     evaluators['cold_item'] = SeqEvaluator(
         cold, ds.num_items, ds.num_users, ks=config.eval.ks, protocols=(),
         batch_size=config.eval.batch_size)
+    # The same targets ranked among the cold items only ("which new
+    # product?", as the graph trainers' cold_item_* slice): what content
+    # adds without the question of how new items compete with the warm
+    # head. Reported as cold_item_within_cold_*, with the training
+    # popularity of each item's leaf category as its baseline.
+    # (Cut-offs beyond the number of cold items would be trivial: left out.)
+    within_ks = tuple(k for k in config.eval.ks if k < len(ds.cold_items))
+    if within_ks:
+      evalsets['cold_within'] = sequences.among(cold, ds.cold_items)
+      evaluators['cold_within'] = SeqEvaluator(
+          evalsets['cold_within'], len(ds.cold_items), ds.num_users,
+          ks=within_ks, protocols=(), batch_size=config.eval.batch_size)
   batcher = sequences.SequenceBatcher(train, config.train.batch_size,
                                       buckets=config.data.get('buckets', ()),
                                       seed=config.seed)
@@ -440,7 +459,10 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
         evalsets[which].history, config.eval.batch_size,
         config.data.get('buckets', ()),
         extra=int(objective == 'cloze'))
-    out = evaluators[which].evaluate_queries(q, keys_fn(params))
+    keys = keys_fn(params)
+    if which == 'cold_within':
+      keys = keys[jnp.asarray(ds.cold_items)]
+    out = evaluators[which].evaluate_queries(q, keys)
     out['eval_s'] = time.perf_counter() - t
     return out
 
@@ -539,6 +561,20 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     cold = evaluate(params, 'cold_item')
     final.update({f'cold_item_{k}': v for k, v in cold.items()
                   if k != 'eval_s'})
+  if 'cold_within' in evaluators:
+    within = evaluators['cold_within']
+    final.update({f'cold_item_within_cold_{k}': v for k, v in evaluate(
+        params, 'cold_within').items() if k.startswith(('recall@', 'ndcg@'))})
+    if ds.catalog is not None:
+      leaf = ds.catalog.leaf_category
+      leaf_pop = np.bincount(leaf[ds.train.item], minlength=int(leaf.max()) + 1)
+      score = leaf_pop[leaf[ds.cold_items]].astype(np.float32)[:, None]
+      base = within.evaluate_queries(
+          np.ones((len(evalsets['cold_within'].history.users), 1), np.float32),
+          jnp.asarray(score))
+      final.update({f'cold_item_within_cold_popularity_{k}': v
+                    for k, v in base.items()
+                    if k.startswith(('recall@', 'ndcg@'))})
   graph_part = {}
   if graph is not None:
     graph_part['graph_train_s'] = graph['metrics'].get('train_s')
