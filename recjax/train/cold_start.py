@@ -96,17 +96,23 @@ def evaluate(cs: ColdStart, user_emb, item_emb, prefix: str = '',
   return out
 
 
+def leaf_popularity(ds: Dataset, train_items: np.ndarray) -> np.ndarray:
+  """float32 [I]: the training interactions of each item's leaf category,
+  what a popularity baseline can say about an item with none of its own
+  (zeros without a catalog: an arbitrary order)."""
+  if ds.catalog is None:
+    return np.zeros(ds.num_items, np.float32)
+  leaf = ds.catalog.leaf_category
+  return np.bincount(leaf[train_items], minlength=int(leaf.max()) + 1)[
+      leaf].astype(np.float32)
+
+
 def popularity(cs: ColdStart, ds: Dataset, train_items: np.ndarray,
                keys: Sequence[str] = ('recall@20', 'ndcg@20')) -> dict:
   """The popularity baselines on both slices, keys 'popularity_cold_*'."""
   item_pop = np.bincount(train_items, minlength=ds.num_items).astype(
       np.float32)
-  if ds.catalog is not None:
-    leaf = ds.catalog.leaf_category
-    leaf_pop = np.bincount(leaf[train_items], minlength=int(leaf.max()) + 1)
-    cold_score = leaf_pop[leaf].astype(np.float32)
-  else:
-    cold_score = np.zeros(ds.num_items, np.float32)
+  cold_score = leaf_popularity(ds, train_items)
   ones = np.ones((ds.num_users, 1), np.float32)
   out = {}
   if cs.user_eval is not None:

@@ -37,7 +37,7 @@ from recjax.data import registry, sequences
 from recjax.data.schema import Interactions
 from recjax.models import item_encoder
 from recjax.report import metrics as report_metrics
-from recjax.train import checkpoint, mesh as mesh_lib, seq_losses
+from recjax.train import checkpoint, cold_start, mesh as mesh_lib, seq_losses
 from recjax.train.seq_eval import SeqEvaluator, compute_queries
 from recjax.train.state import (TrainState, make_optimizer,
                                 scheduled_lr)
@@ -566,12 +566,10 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     final.update({f'cold_item_within_cold_{k}': v for k, v in evaluate(
         params, 'cold_within').items() if k.startswith(('recall@', 'ndcg@'))})
     if ds.catalog is not None:
-      leaf = ds.catalog.leaf_category
-      leaf_pop = np.bincount(leaf[ds.train.item], minlength=int(leaf.max()) + 1)
-      score = leaf_pop[leaf[ds.cold_items]].astype(np.float32)[:, None]
+      score = cold_start.leaf_popularity(ds, ds.train.item)[ds.cold_items]
       base = within.evaluate_queries(
           np.ones((len(evalsets['cold_within'].history.users), 1), np.float32),
-          jnp.asarray(score))
+          jnp.asarray(score[:, None]))
       final.update({f'cold_item_within_cold_popularity_{k}': v
                     for k, v in base.items()
                     if k.startswith(('recall@', 'ndcg@'))})
