@@ -44,6 +44,9 @@ def get_config():
   c.model.fusion = 'score'           # | 'cross' | 'concat' | 'gated'
   c.model.graph_user = 'node'        # the graph model's user vector
   c.model.graph_weight = 'valid'     # fitted on the validation split
+  # ... of every user: the fitted weight and the figures in the docstring
+  # use SASRec's split, not gSASRec's 512-user one.
+  c.data.valid_users = 0
   c.model.graph_trainable = False
   c.graph = graph_config()
   c.graph.workdir = ''

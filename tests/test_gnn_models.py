@@ -26,13 +26,13 @@ def market():
   return synthetic.generate_marketplace(cfg)
 
 
-def _model(kind, g, feats, num_relations):
+def _model(kind, g, feats, num_relations, normalize=True):
   enc = NodeEncoder(num_nodes=g.num_nodes, embed_dim=16,
                     item_offset=g.offsets['item'], num_items=g.counts['item'],
                     text_vocab=int(feats['text'].max()) + 1,
                     price_buckets=16)
   return SampledGNN(kind=kind, encoder=enc, num_layers=2,
-                    num_relations=num_relations, heads=2)
+                    num_relations=num_relations, heads=2, normalize=normalize)
 
 
 @pytest.mark.parametrize('kind', ['graphsage', 'pinsage', 'gat', 'tgat'])
@@ -51,6 +51,13 @@ def test_encoders_embed_seeds(market, kind):
   norms = np.linalg.norm(np.asarray(out), axis=-1)
   assert np.allclose(norms[:-1], 1.0, atol=1e-4) and norms[-1] < 1e-3
   assert np.isfinite(np.asarray(out)).all()
+  # normalize=False: the same vectors before the L2 normalisation.
+  raw = _model(kind, g, feats, s.num_relations, normalize=False).apply(
+      {'params': params}, block, feats)
+  raw_norms = np.linalg.norm(np.asarray(raw), axis=-1)
+  assert not np.allclose(raw_norms[:-1], 1.0, atol=1e-2)
+  np.testing.assert_allclose(np.asarray(raw)[:-1] / raw_norms[:-1, None],
+                             np.asarray(out)[:-1], atol=1e-4)
 
 
 def test_unseen_item_is_embedded_from_content(market):
@@ -183,10 +190,12 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
       te.write(' '.join(map(str, [u, *items[9:]])) + '\n')
   cmd = [sys.executable, 'tools/bench_gnn.py', '--model=graphsage',
          f'--data={tmp_path}', '--steps=5', '--batch_size=64',
-         '--fanouts=3,2', '--embed_dim=8']
+         '--fanouts=3,2', '--embed_dim=8', '--nonormalize',
+         '--temperature=1']
   proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                         text=True, timeout=600, env=helpers.env_with())
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out['steps'] == 5 and 0 <= out['recall@20'] <= 1
+  assert out['settings']['normalize'] is False
   assert 'cold_user_recall@20' not in out       # no cold slices in txt data

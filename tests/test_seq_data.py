@@ -65,6 +65,33 @@ def test_leave_last_out_protocol():
   np.testing.assert_array_equal(test.history.item[1], [0, 0, 7, 8])
 
 
+def test_leave_last_out_validates_a_subset_of_users():
+  """gSASRec's split: only `valid_users` users hold a validation event; the
+  others train on it. Nothing is lost or duplicated, test is unchanged."""
+  rng = np.random.default_rng(3)
+  rows = [(u, int(i), t) for u in range(40)
+          for t, i in enumerate(rng.integers(1, 50, 2 + u % 6))]
+  inter = _inter(rows)
+  full = splits.leave_last_out(inter, num_valid=1)
+  train, valid, test = splits.leave_last_out(inter, num_valid=1,
+                                             valid_users=7, seed=1)
+  assert len(np.unique(valid.user)) == len(valid) == 7
+  assert set(valid.user) <= set(full[1].user)      # eligible users only
+  assert len(train) + len(valid) + len(test) == len(inter)
+  np.testing.assert_array_equal(test.user, full[2].user)
+  np.testing.assert_array_equal(test.item, full[2].item)
+  others = ~np.isin(full[1].user, valid.user)
+  moved = full[1].take(others)      # their validation events now train
+  key = lambda x: set(zip(x.user.tolist(), x.timestamp.tolist()))
+  assert key(moved) <= key(train) and not key(valid) & key(train)
+  again = splits.leave_last_out(inter, num_valid=1, valid_users=7, seed=1)
+  np.testing.assert_array_equal(again[1].user, valid.user)
+  everyone = splits.leave_last_out(inter, num_valid=1, valid_users=1000)
+  assert len(everyone[1]) == len(full[1])
+  with pytest.raises(ValueError, match='valid_users'):
+    splits.leave_last_out(inter, valid_users=-1)
+
+
 def test_temporal_protocol_on_marketplace():
   ds = generate_marketplace(MarketplaceConfig.tiny())
   es = sequences.eval_set(ds, 20, 'test', collapse_repeats=True)

@@ -42,6 +42,14 @@ _STEPS = flags.DEFINE_integer('steps', None, 'Step cap (smoke runs).')
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Default: config.')
 _FANOUTS = flags.DEFINE_list('fanouts', None, 'Per-hop fan-outs.')
 _DIM = flags.DEFINE_integer('embed_dim', None, 'Default: config.')
+_NORMALIZE = flags.DEFINE_bool('normalize', None, 'Unit-vector (cosine) '
+                               'embeddings; --nonormalize scores by dot '
+                               'product. Default: config.')
+_TEMPERATURE = flags.DEFINE_float('temperature', None, 'Softmax '
+                                  'temperature. Default: config.')
+_NEG = flags.DEFINE_integer('num_negatives', None, 'Shared negatives per '
+                            'batch. Default: config.')
+_LR = flags.DEFINE_float('lr', None, 'Peak learning rate. Default: config.')
 _USERS = flags.DEFINE_integer('users', None, 'Marketplace users.')
 _ITEMS = flags.DEFINE_integer('items', None, 'Marketplace items.')
 _SELLERS = flags.DEFINE_integer('sellers', None, 'Marketplace sellers.')
@@ -88,8 +96,13 @@ def _config():
     c.train.num_steps = _STEPS.value
   if _BATCH.value is not None:
     c.train.batch_size = _BATCH.value
-  if _DIM.value is not None:
-    c.model.embed_dim = _DIM.value
+  for value, node, key in ((_DIM, c.model, 'embed_dim'),
+                           (_NORMALIZE, c.loss, 'normalize'),
+                           (_TEMPERATURE, c.loss, 'temperature'),
+                           (_NEG, c.loss, 'num_negatives'),
+                           (_LR, c.optimizer, 'learning_rate')):
+    if value.value is not None:
+      node[key] = value.value
   c.train.budget_minutes = _BUDGET.value
   c.train.eval_every_epochs = 0
   c.train.checkpoint_every_steps = 10**9   # Benchmarks time training only.
@@ -113,6 +126,9 @@ def main(argv):
       r['steps'] * c.train.batch_size / max(r['train_s'], 1e-9), 1)
   out['settings'] = dict(
       batch_size=c.train.batch_size, embed_dim=c.model.embed_dim,
+      normalize=c.loss.normalize, temperature=c.loss.temperature,
+      num_negatives=c.loss.num_negatives,
+      lr=c.optimizer.learning_rate,
       budget_minutes=_BUDGET.value, num_epochs=c.train.num_epochs,
       fanouts=list(c.graph.fanouts) if 'graph' in c else None,
       marketplace=c.data.marketplace.to_dict())

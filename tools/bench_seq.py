@@ -50,6 +50,10 @@ _DROPOUT = flags.DEFINE_float('dropout', None, 'Dropout rate.')
 _ATTENTION = flags.DEFINE_enum('attention', None, ['full', 'local', 'linear'],
                                'Attention kernel.')
 _MAX_LEN = flags.DEFINE_integer('max_len', None, 'History window.')
+_VALID_USERS = flags.DEFINE_integer(
+    'valid_users', None, 'Leave-last-out: users with a validation event '
+    "(default: the config's: 512 for SASRec on ml-1m, gSASRec's split; "
+    "0 = every user, SASRec's split, BERT4Rec's default).")
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Default: a temp dir.')
 flags.mark_flag_as_required('data')
 
@@ -91,7 +95,8 @@ def _config():
                            (_LR, c.optimizer, 'learning_rate'),
                            (_DROPOUT, c.model, 'dropout'),
                            (_ATTENTION, c.model, 'attention'),
-                           (_MAX_LEN, c.model, 'max_len')):
+                           (_MAX_LEN, c.model, 'max_len'),
+                           (_VALID_USERS, c.data, 'valid_users')):
     if value.value is not None:
       node[key] = value.value
   c.train.budget_minutes = _BUDGET.value
@@ -126,7 +131,8 @@ def main(argv):
       num_blocks=c.model.num_blocks, max_len=c.model.max_len,
       attention=c.model.attention, dropout=c.model.dropout,
       lr=c.optimizer.learning_rate, schedule=c.optimizer.schedule,
-      batch_size=c.train.batch_size, budget_minutes=_BUDGET.value)
+      batch_size=c.train.batch_size, budget_minutes=_BUDGET.value,
+      valid_users=c.data.get('valid_users', 0))
   out['peak_rss_mb'] = round(
       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
   out['workdir'] = workdir

@@ -107,13 +107,16 @@ def read_lightgcn(path: str) -> Dataset:
                              item=Vocab(range(num_items))))
 
 
-def read_sasrec(path: str, num_valid: int = 1) -> Dataset:
+def read_sasrec(path: str, num_valid: int = 1, valid_users: int = 0,
+                seed: int = 0) -> Dataset:
   """Reads a SASRec txt file: `user item` per line, time-ordered per user.
 
   Raw ids (1-based in the standard ml-1m.txt) are mapped to 0-based indices
   by `Vocab.fit` (vocabs 'user' and 'item'); timestamp is the 1-based line
   number. Split by `splits.leave_last_out(num_valid)`: each user's last item
-  is test and the `num_valid` before it valid (valid is None for 0).
+  is test and the `num_valid` before it valid (valid is None for 0), for
+  every user or, with `valid_users` > 0, for that many users drawn with
+  `seed` (the others train on them).
 
   Raises:
     DataError: missing or empty file, a line without exactly two fields, or
@@ -129,7 +132,8 @@ def read_sasrec(path: str, num_valid: int = 1) -> Dataset:
   user_vocab, user = Vocab.fit(values[0::2])
   item_vocab, item = Vocab.fit(values[1::2])
   inter = Interactions.create(user, item, timestamp=line[0::2] + 1)
-  train, valid, test = splits.leave_last_out(inter, num_valid=num_valid)
+  train, valid, test = splits.leave_last_out(
+      inter, num_valid=num_valid, valid_users=valid_users, seed=seed)
   return Dataset(name=os.path.splitext(os.path.basename(path))[0],
                  num_users=len(user_vocab), num_items=len(item_vocab),
                  train=train, valid=valid, test=test,

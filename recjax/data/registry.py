@@ -46,7 +46,9 @@ def _lightgcn(cfg):
 
 def _sasrec(cfg):
   from recjax.data import readers
-  return readers.read_sasrec(_need_path(cfg))
+  return readers.read_sasrec(_need_path(cfg),
+                             valid_users=_get(cfg, 'valid_users', 0) or 0,
+                             seed=_get(cfg, 'seed', 0))
 
 
 def _events(cfg):

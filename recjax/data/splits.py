@@ -48,13 +48,19 @@ def random_holdout(inter: Interactions, test_frac: float = 0.2,
 
 
 def leave_last_out(inter: Interactions, num_valid: int = 1,
-                   min_history: int = 3
+                   min_history: int = 3, valid_users: int = 0,
+                   seed: int = 0
                    ) -> tuple[Interactions, Optional[Interactions],
                               Interactions]:
   """SASRec style: each user's last event is test, the one before valid.
 
   Users with fewer than `min_history` events keep everything in train (as in
-  SASRec's `data_partition`).
+  SASRec's `data_partition`). `valid_users` > 0 holds out validation events
+  for only that many eligible users (drawn with `seed`); every other user
+  trains on all but the test event. That is gSASRec's and Petrov &
+  Macdonald's BERT4Rec protocol (512 users): the event right before the
+  test one is then in training for most users, as it would be in
+  production.
 
   Returns:
     (train, valid or None when num_valid == 0, test).
@@ -67,6 +73,13 @@ def leave_last_out(inter: Interactions, num_valid: int = 1,
   eligible = np.repeat(counts >= min_history, counts)
   test = eligible & (pos_from_end == 0)
   valid = eligible & (pos_from_end >= 1) & (pos_from_end <= num_valid)
+  if valid_users < 0:
+    raise ValueError(f'valid_users must be >= 0, got {valid_users}')
+  if valid_users and num_valid:
+    candidates = users[last[counts >= min_history]]
+    chosen = np.random.default_rng(seed).choice(
+        candidates, min(valid_users, len(candidates)), replace=False)
+    valid &= np.isin(users, chosen)
   train = ~(test | valid)
   split = lambda mask: inter.take(order[mask])
   return (split(train), split(valid) if num_valid else None, split(test))

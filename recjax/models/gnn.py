@@ -234,7 +234,9 @@ class TGATLayer(nn.Module):
 
 
 class SampledGNN(nn.Module):
-  """One of the four encoders over a sampled Block; outputs unit vectors.
+  """One of the four encoders over a sampled Block; outputs unit vectors
+  (cosine scores) or, with normalize=False, raw vectors (dot products,
+  whose norms can carry popularity as LightGCN's do).
 
   Attributes:
     kind: 'graphsage' | 'pinsage' | 'gat' | 'tgat'.
@@ -243,6 +245,7 @@ class SampledGNN(nn.Module):
     num_relations: R for gat/tgat.
     aggregator, combine: GraphSAGE options.
     heads: attention heads (gat, tgat).
+    normalize: L2-normalise the outputs.
   """
   kind: str
   encoder: NodeEncoder
@@ -251,6 +254,7 @@ class SampledGNN(nn.Module):
   aggregator: str = 'mean'
   combine: str = 'concat'
   heads: int = 4
+  normalize: bool = True
 
   def _layer(self, k: int) -> nn.Module:
     d, last = self.encoder.embed_dim, k == self.num_layers - 1
@@ -271,7 +275,8 @@ class SampledGNN(nn.Module):
   @nn.compact
   def __call__(self, block: dict, feats: dict, train: bool = False,
                history: dict | None = None, return_hidden: bool = False):
-    """Seed embeddings [S, D] (L2-normalised) from a Block's arrays.
+    """Seed embeddings [S, D] (L2-normalised unless not normalize) from a
+    Block's arrays.
 
     Args:
       block: a Block's arrays (`Block.as_dict`), L + 1 levels.
@@ -305,7 +310,8 @@ class SampledGNN(nn.Module):
                                   history['values'][l][:, k], h[l])
                         for l in range(1, len(h))]
     out = h[0]
-    out = out * jax.lax.rsqrt(jnp.sum(out * out, -1, keepdims=True) + 1e-12)
+    if self.normalize:
+      out = out * jax.lax.rsqrt(jnp.sum(out * out, -1, keepdims=True) + 1e-12)
     if return_hidden:
       return out, (jnp.stack(hidden, 1) if hidden else
                    jnp.zeros((out.shape[0], 0, out.shape[1]), out.dtype))

@@ -81,7 +81,8 @@ def build_model(config, graph: NodeGraph, feats: dict, sampler,
       id_dropout=m.id_dropout, init_std=m.init_std, pad_to=pad_to)
   return SampledGNN(kind=m.name, encoder=enc, num_layers=len(
       config.graph.fanouts), num_relations=sampler.num_relations,
-                    aggregator=m.aggregator, combine=m.combine, heads=m.heads)
+                    aggregator=m.aggregator, combine=m.combine, heads=m.heads,
+                    normalize=config.loss.get('normalize', True))
 
 
 class PairStream:
