@@ -19,8 +19,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.split = 'temporal'       # for csv/parquet event logs
   c.data.test_frac = 0.2
   c.data.seed = 0
-  # Leave-last-out: validate on this many users only, the rest train on
-  # their validation event (gSASRec's protocol); 0 = every user.
+  # SASRec txt (leave-last-out): validate on this many users only, the rest
+  # train on their validation event (gSASRec's protocol); 0 = every user.
   c.data.valid_users = 0
   # Event types that count as positive user-item edges for training.
   c.data.event_types = ('click', 'cart', 'purchase', 'review')

@@ -90,13 +90,10 @@ def _config():
                         (_SELLERS, 'num_sellers'), (_EVENTS, 'num_events')):
       if flag.value is not None:
         c.data.marketplace[field] = flag.value
-  if _EPOCHS.value is not None:
-    c.train.num_epochs = _EPOCHS.value
-  if _STEPS.value is not None:
-    c.train.num_steps = _STEPS.value
-  if _BATCH.value is not None:
-    c.train.batch_size = _BATCH.value
-  for value, node, key in ((_DIM, c.model, 'embed_dim'),
+  for value, node, key in ((_EPOCHS, c.train, 'num_epochs'),
+                           (_STEPS, c.train, 'num_steps'),
+                           (_BATCH, c.train, 'batch_size'),
+                           (_DIM, c.model, 'embed_dim'),
                            (_NORMALIZE, c.loss, 'normalize'),
                            (_TEMPERATURE, c.loss, 'temperature'),
                            (_NEG, c.loss, 'num_negatives'),
