@@ -47,6 +47,7 @@ def get_config():
   # ... of every user: the fitted weight and the figures in the docstring
   # use SASRec's split, not gSASRec's 512-user one.
   c.data.valid_users = 0
+  c.optimizer.learning_rate = 1e-3   # what the docstring's figures used
   c.model.graph_trainable = False
   c.graph = graph_config()
   c.graph.workdir = ''

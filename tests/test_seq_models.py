@@ -116,6 +116,32 @@ def test_sasrec_is_causal_and_width_invariant(kind):
   np.testing.assert_allclose(narrow[0], h[0, -5:], atol=1e-5)
 
 
+def test_positions_from_start_count_real_events():
+  model = SASRec(num_items=9, vocab_size=16, max_len=8, embed_dim=8,
+                 num_blocks=1, ff_dim=8, positions='from_start')
+  items = _items()
+  params = _init(model, {'item': items})
+  pos = model.apply({'params': params}, items > 0,
+                    method=SASRec.position_vectors)
+  table = np.asarray(params['pos_embedding'])
+  # Row 0 has 3 padding columns: its first event (column 3) is position 0.
+  np.testing.assert_allclose(pos[0, 3:], table[:5])
+  np.testing.assert_allclose(pos[1], table[:8])
+  apply = jax.jit(model.apply)
+  h = apply({'params': params}, {'item': items})
+  narrow = apply({'params': params}, {'item': items[:1, -5:]})
+  np.testing.assert_allclose(narrow[0], h[0, -5:], atol=1e-5)
+  # Counting from the end gives the same row 1 (full) but not row 0.
+  end = SASRec(num_items=9, vocab_size=16, max_len=8, embed_dim=8,
+               num_blocks=1, ff_dim=8)
+  h_end = jax.jit(end.apply)({'params': params}, {'item': items})
+  np.testing.assert_allclose(h_end[1], h[1], atol=1e-5)
+  assert not np.allclose(h_end[0, 3:], h[0, 3:])
+  with pytest.raises(ValueError, match='model.positions'):
+    SASRec(num_items=9, vocab_size=16, max_len=8, positions='middle').init(
+        jax.random.key(0), {'item': items})
+
+
 def test_bert4rec_is_bidirectional_with_bias_dimension():
   model = BERT4Rec(num_items=9, vocab_size=16, max_len=8, embed_dim=8,
                    num_blocks=1, ff_dim=8)

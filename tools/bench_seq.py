@@ -12,6 +12,11 @@ user; leave-last-out split), a directory holding one such .txt file, or
 'marketplace' (the synthetic marketplace, temporal split; --model=features
 there is the feature-rich session encoder, --model=sasrec its baseline).
 
+Overrides of the config for ablations: --loss, --num_negatives, --negatives,
+--embed_dim, --lr, --dropout, --attention, --max_len, --positions
+(from_end | from_start), --buckets (training batch widths; 'none': every
+batch full width, batches mix history lengths), --valid_users.
+
 The last stdout line is one JSON object: 'full', 'uniform100' and
 'popularity100' (hr@K, ndcg@K, mrr...), epochs, steps, train_s, epoch_s,
 compile_s, eval_s, peak_rss_mb, best_step, history and the settings.
@@ -50,6 +55,10 @@ _DROPOUT = flags.DEFINE_float('dropout', None, 'Dropout rate.')
 _ATTENTION = flags.DEFINE_enum('attention', None, ['full', 'local', 'linear'],
                                'Attention kernel.')
 _MAX_LEN = flags.DEFINE_integer('max_len', None, 'History window.')
+_POSITIONS = flags.DEFINE_enum('positions', None, ['from_end', 'from_start'],
+                               'Where position embeddings count from.')
+_BUCKETS = flags.DEFINE_list('buckets', None, 'Training batch widths below '
+                             "the full one ('none': every batch full width).")
 _VALID_USERS = flags.DEFINE_integer(
     'valid_users', None, 'Leave-last-out: users with a validation event '
     "(default: the config's: 512 for SASRec on ml-1m, gSASRec's split; "
@@ -96,9 +105,17 @@ def _config():
                            (_DROPOUT, c.model, 'dropout'),
                            (_ATTENTION, c.model, 'attention'),
                            (_MAX_LEN, c.model, 'max_len'),
+                           (_POSITIONS, c.model, 'positions'),
                            (_VALID_USERS, c.data, 'valid_users')):
     if value.value is not None:
       node[key] = value.value
+  if _BUCKETS.value is not None:
+    b = [x for x in _BUCKETS.value if x.lower() != 'none']
+    try:
+      c.data.buckets = tuple(int(x) for x in b)
+    except ValueError:
+      raise app.UsageError(f'--buckets={",".join(_BUCKETS.value)}: expected '
+                           "integers or 'none'") from None
   c.train.budget_minutes = _BUDGET.value
   c.train.checkpoint_every_steps = 10**9   # Benchmarks time training only.
   c.train.progress = False
@@ -130,6 +147,7 @@ def main(argv):
       gbce_t=c.loss.gbce_t, embed_dim=c.model.embed_dim,
       num_blocks=c.model.num_blocks, max_len=c.model.max_len,
       attention=c.model.attention, dropout=c.model.dropout,
+      positions=c.model.positions, buckets=list(c.data.buckets),
       lr=c.optimizer.learning_rate, schedule=c.optimizer.schedule,
       batch_size=c.train.batch_size, budget_minutes=_BUDGET.value,
       valid_users=c.data.get('valid_users', 0))

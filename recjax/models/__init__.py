@@ -18,7 +18,8 @@ def _sequence_args(cfg, sizes) -> dict:
       max_len=sizes['max_len'], embed_dim=cfg.embed_dim,
       num_blocks=cfg.num_blocks, num_heads=cfg.num_heads, ff_dim=cfg.ff_dim,
       dropout=cfg.dropout, attention=cfg.attention, window=cfg.window,
-      chunk=cfg.chunk, init_std=cfg.init_std)
+      chunk=cfg.chunk, init_std=cfg.init_std,
+      positions=cfg.get('positions', 'from_end'))
 
 
 # name -> constructor(model_config, dataset_sizes) -> flax module

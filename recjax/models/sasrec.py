@@ -13,9 +13,11 @@ so that score(position, item) = query(hidden) . keys(item).
 Item ids are index + 1 (0 pads); the table has `vocab_size` rows (>= I + 1,
 padded so it splits evenly over the mesh) with logical axes ('item',
 'embed'), so the config's rules shard it by rows like LightGCN's. Positions
-count from the end of the window (the latest event has the last position
-embedding), so a batch cut to a shorter width computes exactly what the full
-width would.
+count from the end of the window (model.positions = 'from_end', the latest
+event has the last position embedding; pmixer's SASRec) or from the first
+event in the window ('from_start', the first event has position 0; HF-style
+SASRec/BERT4Rec implementations that pad on the right). Either way a batch
+cut to a shorter width computes exactly what the full width would.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class SASRec(nn.Module):
     window, chunk: the local / linear kernels' sizes.
     causal: False gives a bidirectional encoder.
     init_std: std of the embedding tables' normal init.
+    positions: 'from_end' | 'from_start' (see the module docstring).
   """
   num_items: int
   vocab_size: int
@@ -60,6 +63,7 @@ class SASRec(nn.Module):
   chunk: int = 64
   causal: bool = True
   init_std: float = 0.02
+  positions: str = 'from_end'
 
   def setup(self):
     d = self.embed_dim
@@ -78,10 +82,21 @@ class SASRec(nn.Module):
   def __call__(self, inputs: dict, train: bool = False) -> jax.Array:
     """Hidden states [B, T, D] of windows right-aligned in T <= max_len."""
     items = inputs['item']
-    t = items.shape[1]
     mask = items > 0
-    x = self.embed_inputs(inputs) + self.pos_embedding[self.max_len - t:]
+    x = self.embed_inputs(inputs) + self.position_vectors(mask)
     return self.encoder(x, mask, train)
+
+  def position_vectors(self, mask: jax.Array) -> jax.Array:
+    """Position embeddings [B or 1, T, D] for left-padded windows."""
+    t = mask.shape[1]
+    if self.positions == 'from_end':
+      return self.pos_embedding[None, self.max_len - t:]
+    if self.positions == 'from_start':
+      # Padding is on the left: position = rank among the real events.
+      pos = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+      return self.pos_embedding[pos]
+    raise ValueError(f'model.positions={self.positions!r} is not one of '
+                     "['from_end', 'from_start']")
 
   def init_all(self, inputs: dict) -> jax.Array:
     """Touches every parameter (for `init`: heads are only used by query)."""

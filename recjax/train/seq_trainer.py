@@ -528,6 +528,10 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   if select_on:
     ev = evaluate(params, select_on)
     writer.write(step, ev, prefix=f'{select_on}/')
+    history.append(dict(step=step, epoch=round(step / spe, 3),
+                        split=select_on, final=True,
+                        **{k: round(ev[k], 5) for k in (
+                            metric, 'uniform100_hr@10') if k in ev}))
     if ev[metric] > best['value'] or best_params is None:
       best = dict(value=ev[metric], step=step)
     else:
