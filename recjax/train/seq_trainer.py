@@ -475,6 +475,14 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   best = dict(value=-math.inf, step=start)
   best_params = None
   history, bad_evals, train_s, last_loss = [], 0, 0.0, None
+
+  def record(step, which, ev, **extra):
+    """Writes an evaluation and keeps its headline figures in `history`."""
+    writer.write(step, ev, prefix=f'{which}/')
+    history.append(dict(step=step, epoch=round(step / spe, 3), split=which,
+                        **extra, **{k: round(ev[k], 5) for k in (
+                            metric, 'uniform100_hr@10') if k in ev}))
+
   step = start
   if mode == 'train' and step < total:
     bar = tqdm.tqdm(total=total, initial=step, desc='train', unit='step',
@@ -499,10 +507,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
         which = select_on or 'test'
         ev = evaluate(state.params, which)
         t_loop += time.perf_counter() - t_eval   # Eval time is not train time.
-        writer.write(step, ev, prefix=f'{which}/')
-        history.append(dict(step=step, epoch=round(step / spe, 3), split=which,
-                            **{k: round(ev[k], 5) for k in (
-                                metric, 'uniform100_hr@10') if k in ev}))
+        record(step, which, ev)
         logging.info('step %d %s %s', step, which, json.dumps(ev))
         if select_on and ev[metric] > best['value']:
           best, bad_evals = dict(value=ev[metric], step=step), 0
@@ -527,11 +532,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   params = state.params
   if select_on:
     ev = evaluate(params, select_on)
-    writer.write(step, ev, prefix=f'{select_on}/')
-    history.append(dict(step=step, epoch=round(step / spe, 3),
-                        split=select_on, final=True,
-                        **{k: round(ev[k], 5) for k in (
-                            metric, 'uniform100_hr@10') if k in ev}))
+    record(step, select_on, ev, final=True)
     if ev[metric] > best['value'] or best_params is None:
       best = dict(value=ev[metric], step=step)
     else:
