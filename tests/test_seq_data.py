@@ -65,6 +65,26 @@ def test_leave_last_out_protocol():
   np.testing.assert_array_equal(test.history.item[1], [0, 0, 7, 8])
 
 
+def test_train_windows_cover_every_target_once():
+  """stride = width - 1: a history longer than the window is cut into
+  windows, latest first, that overlap by one event; each training event
+  after the first is a next-item target exactly once."""
+  ds = _sasrec_dataset({0: list(range(1, 10)), 1: [3, 4, 5, 6]})
+  last = sequences.train_sequences(ds, width=4)
+  tr = sequences.train_sequences(ds, width=4, stride=3)
+  # User 0 trains on items 1..7 (ids 2..8): windows end at 7 and 4 events;
+  # one ending at 1 event would hold no next-item pair.
+  np.testing.assert_array_equal(tr.users, [0, 0, 1])
+  np.testing.assert_array_equal(tr.item, [[5, 6, 7, 8], [2, 3, 4, 5],
+                                          [0, 0, 4, 5]])
+  np.testing.assert_array_equal(tr.length, [4, 4, 2])
+  np.testing.assert_array_equal(tr.item[[0, 2]], last.item)
+  targets = np.sort(tr.item[tr.users == 0][:, 1:].ravel())
+  np.testing.assert_array_equal(targets, np.arange(3, 9))
+  with pytest.raises(ValueError, match='stride'):
+    sequences.train_sequences(ds, width=4, stride=0)
+
+
 def test_leave_last_out_validates_a_subset_of_users():
   """gSASRec's split: only `valid_users` users hold a validation event; the
   others train on it. Nothing is lost or duplicated, test is unchanged."""

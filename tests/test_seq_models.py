@@ -142,6 +142,48 @@ def test_positions_from_start_count_real_events():
         jax.random.key(0), {'item': items})
 
 
+def _ln(x, eps=1e-6):
+  """Flax LayerNorm at its initial scale 1, bias 0."""
+  mu = x.mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps)
+
+
+def test_sasrec_layout_matches_the_papers_block():
+  """layout='sasrec': q from LN x, k/v from x, residual from LN x, ReLU."""
+  d = 8
+  model = SASRec(num_items=9, vocab_size=16, max_len=8, embed_dim=d,
+                 num_blocks=1, ff_dim=8, dropout=0.0, layout='sasrec')
+  items = _items()
+  params = _init(model, {'item': items})
+  h = np.asarray(jax.jit(model.apply)({'params': params}, {'item': items}))
+  p = jax.tree.map(np.asarray, params)
+  blk = p['encoder']['block0']
+  dense = lambda x, name: x @ blk[name]['kernel'] + blk[name]['bias']
+  mask = np.asarray(items > 0)
+  x = (p['item_embedding'][np.asarray(items)] * np.sqrt(d)
+       + p['pos_embedding'][None]) * mask[..., None]
+  y = _ln(x)
+  q, k, v = dense(y, 'query'), dense(x, 'key'), dense(x, 'value')
+  allowed = np.tril(np.ones((8, 8), bool))[None] & mask[:, None, :]
+  s = np.where(allowed, np.einsum('btd,bsd->bts', q, k) / np.sqrt(d), -1e30)
+  a = np.exp(s - s.max(-1, keepdims=True))
+  a = np.einsum('bts,bsd->btd', a / a.sum(-1, keepdims=True), v)
+  x = y + dense(a, 'out')
+  y = _ln(x)
+  x = y + dense(np.maximum(dense(y, 'ffn_in'), 0), 'ffn_out')
+  x = x * mask[..., None]
+  want = _ln(x)
+  np.testing.assert_allclose(h[mask], want[mask], atol=1e-4)
+  # The same parameters under the pre-LN layout compute something else.
+  pre = SASRec(num_items=9, vocab_size=16, max_len=8, embed_dim=d,
+               num_blocks=1, ff_dim=8, dropout=0.0)
+  assert not np.allclose(pre.apply({'params': params}, {'item': items})[mask],
+                         want[mask], atol=1e-2)
+  with pytest.raises(ValueError, match='model.layout'):
+    SASRec(num_items=9, vocab_size=16, max_len=8, layout='post').init(
+        jax.random.key(0), {'item': items})
+
+
 def test_bert4rec_is_bidirectional_with_bias_dimension():
   model = BERT4Rec(num_items=9, vocab_size=16, max_len=8, embed_dim=8,
                    num_blocks=1, ff_dim=8)
@@ -289,6 +331,9 @@ def test_evaluator_matches_numpy_reference():
   ref = _eval_reference(queries, keys, seen, targets, cand, (5, 10))
   for k, v in ref.items():
     assert got[k] == pytest.approx(v, abs=1e-6), k
+  # metric_names (checked against eval.select_metric before training) is
+  # exactly the set of metrics evaluate_queries returns.
+  assert ev.metric_names() == set(got) - {'eval_users'}
 
 
 # ------------------------------------------------------------ objectives

@@ -14,8 +14,10 @@ there is the feature-rich session encoder, --model=sasrec its baseline).
 
 Overrides of the config for ablations: --loss, --num_negatives, --negatives,
 --embed_dim, --lr, --dropout, --attention, --max_len, --positions
-(from_end | from_start), --buckets (training batch widths; 'none': every
-batch full width, batches mix history lengths), --valid_users.
+(from_end | from_start), --layout (pre_ln | sasrec), --buckets (training
+batch widths; 'none': every batch full width, batches mix history
+lengths), --valid_users, --select_metric, --train_windows (last | all);
+--recipe=paper is SASRec's own recipe (configs/sasrec_ml1m.py:paper).
 
 The last stdout line is one JSON object: 'full', 'uniform100' and
 'popularity100' (hr@K, ndcg@K, mrr...), epochs, steps, train_s, epoch_s,
@@ -57,12 +59,25 @@ _ATTENTION = flags.DEFINE_enum('attention', None, ['full', 'local', 'linear'],
 _MAX_LEN = flags.DEFINE_integer('max_len', None, 'History window.')
 _POSITIONS = flags.DEFINE_enum('positions', None, ['from_end', 'from_start'],
                                'Where position embeddings count from.')
+_LAYOUT = flags.DEFINE_enum('layout', None, ['pre_ln', 'sasrec'],
+                            "Where the blocks' norms sit "
+                            '(models/attention.py Block).')
 _BUCKETS = flags.DEFINE_list('buckets', None, 'Training batch widths below '
                              "the full one ('none': every batch full width).")
 _VALID_USERS = flags.DEFINE_integer(
     'valid_users', None, 'Leave-last-out: users with a validation event '
     "(default: the config's: 512 for SASRec on ml-1m, gSASRec's split; "
     "0 = every user, SASRec's split, BERT4Rec's default).")
+_WINDOWS = flags.DEFINE_enum(
+    'train_windows', None, ['last', 'all'], "'all': histories longer than "
+    'max_len also train on their earlier windows.')
+_RECIPE = flags.DEFINE_enum(
+    'recipe', 'softmax', ['softmax', 'paper'],
+    "SASRec on a txt file: configs/sasrec_ml1m.py's variant ('paper': "
+    'BCE with one negative per position, selected on uniform100).')
+_SELECT = flags.DEFINE_string('select_metric', None, 'Validation metric '
+                              "that picks the tested epoch, e.g. 'ndcg@10', "
+                              "'uniform100_ndcg@10'.")
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Default: a temp dir.')
 flags.mark_flag_as_required('data')
 
@@ -90,7 +105,10 @@ def _config():
     c = session_marketplace.get_config()
     c.model.name = 'session' if model == 'features' else model
   else:
-    c = (bert4rec_ml1m if model == 'bert4rec' else sasrec_ml1m).get_config()
+    if model == 'bert4rec':
+      c = bert4rec_ml1m.get_config()
+    else:
+      c = sasrec_ml1m.get_config(_RECIPE.value)
     c.data.path = _sasrec_file(_DATA.value)
     if model == 'features':
       c.model.name = 'session'
@@ -106,7 +124,10 @@ def _config():
                            (_ATTENTION, c.model, 'attention'),
                            (_MAX_LEN, c.model, 'max_len'),
                            (_POSITIONS, c.model, 'positions'),
-                           (_VALID_USERS, c.data, 'valid_users')):
+                           (_LAYOUT, c.model, 'layout'),
+                           (_VALID_USERS, c.data, 'valid_users'),
+                           (_SELECT, c.eval, 'select_metric'),
+                           (_WINDOWS, c.data, 'train_windows')):
     if value.value is not None:
       node[key] = value.value
   if _BUCKETS.value is not None:
@@ -147,10 +168,15 @@ def main(argv):
       gbce_t=c.loss.gbce_t, embed_dim=c.model.embed_dim,
       num_blocks=c.model.num_blocks, max_len=c.model.max_len,
       attention=c.model.attention, dropout=c.model.dropout,
-      positions=c.model.positions, buckets=list(c.data.buckets),
+      positions=c.model.positions, layout=c.model.get('layout', 'pre_ln'),
+      buckets=list(c.data.buckets),
       lr=c.optimizer.learning_rate, schedule=c.optimizer.schedule,
       batch_size=c.train.batch_size, budget_minutes=_BUDGET.value,
-      valid_users=c.data.get('valid_users', 0))
+      valid_users=c.data.get('valid_users', 0),
+      select_metric=c.eval.select_metric,
+      train_windows=c.data.get('train_windows', 'last'),
+      recipe=(_RECIPE.value if _MODEL.value != 'bert4rec'
+              and _DATA.value != 'marketplace' else None))
   out['peak_rss_mb'] = round(
       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
   out['workdir'] = workdir

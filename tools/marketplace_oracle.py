@@ -23,8 +23,12 @@ the training split (item counts for pop, the user's leaf counts smoothed
 towards the leaves' share, 5 pseudo-events, for taste): what popularity
 and category taste alone reach without the hidden preferences.
 
+It also trains EASE (Steck, WWW 2019; closed form, log(1 + count)
+inputs): what a strong linear collaborative filter reaches on the split.
+
 The last stdout line is one JSON object: oracle_recall@20, oracle_ndcg@20,
-popularity_recall@20, their ratio and estimated_exposure_recall@20.
+popularity_recall@20, their ratio, estimated_exposure_recall@20 and
+ease_recall@20.
 """
 
 import json
@@ -38,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _USERS = flags.DEFINE_integer('users', None, 'Default: MarketplaceConfig.')
 _ITEMS = flags.DEFINE_integer('items', None, 'Default: MarketplaceConfig.')
 _EVENTS = flags.DEFINE_integer('events', None, 'Default: MarketplaceConfig.')
+_EASE_LAMBDA = flags.DEFINE_float('ease_lambda', 200.0, "EASE's L2 weight.")
 
 
 def main(argv):
@@ -86,12 +91,24 @@ def main(argv):
       0.5 * taste_hat[:, leaf] / share[leaf] + 0.5)
   e = ev.evaluate(np.eye(ds.num_users, dtype=np.float32),
                   est.T.astype(np.float32).copy())
+  # EASE (Steck, WWW 2019) on log(1 + training counts): the closed-form
+  # item-item model, a strong linear CF reference for the trained models.
+  x = np.zeros((ds.num_users, ds.num_items), np.float64)
+  np.add.at(x, (tu, ti), 1.0)
+  x = np.log1p(x)
+  p_inv = np.linalg.inv(x.T @ x + _EASE_LAMBDA.value * np.eye(ds.num_items))
+  b = -p_inv / np.diag(p_inv)[None, :]
+  np.fill_diagonal(b, 0.0)
+  ease = ev.evaluate(np.eye(ds.num_users, dtype=np.float32),
+                     (x @ b).T.astype(np.float32).copy())
   print(json.dumps({
       'oracle_recall@20': round(r['recall@20'], 6),
       'oracle_ndcg@20': round(r['ndcg@20'], 6),
       'popularity_recall@20': round(p['recall@20'], 6),
       'oracle_over_popularity': round(r['recall@20'] / p['recall@20'], 3),
       'estimated_exposure_recall@20': round(e['recall@20'], 6),
+      'ease_recall@20': round(ease['recall@20'], 6),
+      'ease_lambda': _EASE_LAMBDA.value,
       'eval_users': r['eval_users'], 'marketplace': kw}), flush=True)
 
 

@@ -124,7 +124,9 @@ def _ordered(inter: Interactions, collapse_repeats: bool) -> Interactions:
 
 def build(inter: Interactions, num_users: int, width: int,
           users: Optional[np.ndarray] = None,
-          collapse_repeats: bool = False) -> Sequences:
+          collapse_repeats: bool = False,
+          stride: Optional[int] = None,
+          min_length: int = 1) -> Sequences:
   """Pads each user's last `width` events into a `Sequences`.
 
   Args:
@@ -133,6 +135,11 @@ def build(inter: Interactions, num_users: int, width: int,
     width: L, the padded length.
     users: rows to build, in this order (default: users with events).
     collapse_repeats: merge consecutive events on the same item.
+    stride: None: one row per user, its last `width` events. s: also the
+      earlier windows ending s, 2s, ... events before the last that still
+      hold `min_length` events (rows of one user are adjacent, latest
+      first), so long histories are not cut at `width`.
+    min_length: the shortest earlier window kept (with `stride`).
   """
   inter = _ordered(inter, collapse_repeats)
   counts = np.bincount(inter.user, minlength=num_users)
@@ -140,14 +147,25 @@ def build(inter: Interactions, num_users: int, width: int,
   if users is None:
     users = np.flatnonzero(counts)
   users = np.asarray(users, np.int32)
+  ends = counts[users]
+  if stride is not None:
+    if stride < 1:
+      raise ValueError(f'stride must be >= 1, got {stride}')
+    # Windows j = 0.. end j * stride events before the last; j = 0 always.
+    extra = np.maximum((ends - min_length) // stride, 0)
+    per_user = 1 + extra
+    j = np.arange(per_user.sum()) - np.repeat(np.cumsum(per_user) - per_user,
+                                               per_user)
+    users = np.repeat(users, per_user)
+    ends = np.repeat(ends, per_user) - j * stride
   first = np.r_[True, inter.user[1:] != inter.user[:-1]]
   cols = dict(item=inter.item + 1, event=inter.event,
               gap=gap_buckets(inter.timestamp, first), device=inter.device,
               hour=inter.hour.astype(np.int16) + 1, location=inter.location)
-  n = np.minimum(counts[users], width)
-  # Column c of row r holds event starts + counts - width + c (if >= start).
+  n = np.minimum(ends, width)
+  # Column c of row r holds event starts + end - width + c (if >= start).
   c = np.arange(width)[None, :]
-  src = (starts[users] + counts[users])[:, None] - width + c
+  src = (starts[users] + ends)[:, None] - width + c
   valid = c >= (width - n)[:, None]
   src = np.where(valid, src, 0)
   out = {}
@@ -250,13 +268,18 @@ def eval_set(ds: Dataset, width: int, which: str = 'test',
 
 
 def train_sequences(ds: Dataset, width: int, min_length: int = 2,
-                    collapse_repeats: bool = False) -> Sequences:
+                    collapse_repeats: bool = False,
+                    stride: Optional[int] = None) -> Sequences:
   """Training histories (width L), users with at least `min_length` events.
 
   For next-item training pass width = max_len + 1: inputs are columns
-  [:-1] and targets [1:].
+  [:-1] and targets [1:]. `stride` (see `build`) adds the earlier windows
+  of histories longer than L: stride L - 1 for next-item training (windows
+  overlap by one event, so every event is a target exactly once), L for
+  Cloze training.
   """
-  seqs = build(ds.train, ds.num_users, width, None, collapse_repeats)
+  seqs = build(ds.train, ds.num_users, width, None, collapse_repeats,
+               stride=stride, min_length=min_length)
   keep = np.flatnonzero(seqs.length >= min_length)
   return Sequences(users=seqs.users[keep],
                    **{f: getattr(seqs, f)[keep] for f in FEATURES},

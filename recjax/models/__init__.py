@@ -19,7 +19,8 @@ def _sequence_args(cfg, sizes) -> dict:
       num_blocks=cfg.num_blocks, num_heads=cfg.num_heads, ff_dim=cfg.ff_dim,
       dropout=cfg.dropout, attention=cfg.attention, window=cfg.window,
       chunk=cfg.chunk, init_std=cfg.init_std,
-      positions=cfg.get('positions', 'from_end'))
+      positions=cfg.get('positions', 'from_end'),
+      layout=cfg.get('layout', 'pre_ln'))
 
 
 # name -> constructor(model_config, dataset_sizes) -> flax module

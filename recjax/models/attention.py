@@ -13,9 +13,9 @@ Kernels (`attend(..., kind=)`), all on q, k, v [B, T, N, H] with a key mask:
           Causal: exact within chunks of c positions, prefix sums of the
           chunks' k v^T summaries across them: O(T c + T H^2 / c) memory.
 
-`Encoder` stacks pre-LN transformer blocks (the layout SASRec, gSASRec and
-BERT4Rec share up to where the norms sit); parameters name their axes
-('embed', 'mlp') for the config's sharding rules.
+`Encoder` stacks transformer blocks, pre-LN by default or SASRec's own
+layout (`Block`'s docstring); parameters name their axes ('embed', 'mlp')
+for the config's sharding rules.
 """
 
 from __future__ import annotations
@@ -167,8 +167,20 @@ def _dense(features, axes, name):
           nn.with_logical_partitioning(nn.initializers.zeros, axes[1:])))
 
 
+LAYOUTS = ('pre_ln', 'sasrec')
+
+
 class Block(nn.Module):
-  """Pre-LN transformer block: x + Attn(LN x), then x + FFN(LN x)."""
+  """One transformer block; `layout` says where the norms sit.
+
+  pre_ln  x + Attn(LN x), then x + FFN(LN x) with GELU (BERT4Rec's and most
+          current encoders' layout).
+  sasrec  Kang & McAuley's (and pmixer's): queries come from LN x, keys
+          and values from x itself, and the residual runs from the
+          normalised input: y = LN x; x = y + Attn(q=y, kv=x); then
+          y = LN x; x = y + FFN(y) with ReLU. (Their dropout on attention
+          weights is left out: jax.nn.dot_product_attention has none.)
+  """
   num_heads: int
   ff_dim: int
   dropout: float
@@ -176,25 +188,30 @@ class Block(nn.Module):
   causal: bool
   window: int
   chunk: int
+  layout: str = 'pre_ln'
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
     b, t, d = x.shape
     n = self.num_heads
+    sasrec = self.layout == 'sasrec'
     drop = Dropout(self.dropout, deterministic=not train)
     y = nn.LayerNorm(name='ln_attn')(x)
+    kv_in = x if sasrec else y
     # Three projections rather than one fused [D, 3D]: slicing the fused
     # output costs XLA:CPU strided copies forward and backward.
-    q, k, v = (_dense(d, ('embed', 'mlp'), name)(y).reshape(b, t, n, d // n)
-               for name in ('query', 'key', 'value'))
-    y = attend(q, k, v, mask, kind=self.kind, causal=self.causal,
+    q, k, v = (_dense(d, ('embed', 'mlp'), name)(inp).reshape(b, t, n, d // n)
+               for name, inp in (('query', y), ('key', kv_in),
+                                 ('value', kv_in)))
+    a = attend(q, k, v, mask, kind=self.kind, causal=self.causal,
                window=self.window, chunk=self.chunk)
-    y = _dense(d, ('mlp', 'embed'), 'out')(y.reshape(b, t, d))
-    x = x + drop(y)
+    a = _dense(d, ('mlp', 'embed'), 'out')(a.reshape(b, t, d))
+    x = (y if sasrec else x) + drop(a)
     y = nn.LayerNorm(name='ln_ffn')(x)
-    y = nn.gelu(_dense(self.ff_dim, ('embed', 'mlp'), 'ffn_in')(y))
-    y = _dense(d, ('mlp', 'embed'), 'ffn_out')(drop(y))
-    x = x + drop(y)
+    act = nn.relu if sasrec else nn.gelu
+    h = act(_dense(self.ff_dim, ('embed', 'mlp'), 'ffn_in')(y))
+    h = _dense(d, ('mlp', 'embed'), 'ffn_out')(drop(h))
+    x = (y if sasrec else x) + drop(h)
     # Padding rows stay zero (SASRec's timeline mask).
     return x * mask[..., None]
 
@@ -202,7 +219,8 @@ class Block(nn.Module):
 class Encoder(nn.Module):
   """Dropout on the input, `num_blocks` Blocks, a final LayerNorm.
 
-  Attributes: see Block; kind is the attention kernel (KINDS).
+  Attributes: see Block; kind is the attention kernel (KINDS), layout where
+  the norms sit (LAYOUTS).
   """
   num_blocks: int = 2
   num_heads: int = 1
@@ -212,6 +230,7 @@ class Encoder(nn.Module):
   causal: bool = True
   window: int = 64
   chunk: int = 64
+  layout: str = 'pre_ln'
 
   @nn.compact
   def __call__(self, x, mask, train: bool = False):
@@ -219,10 +238,13 @@ class Encoder(nn.Module):
     if self.kind not in KINDS:
       raise ValueError(f'model.attention={self.kind!r} is not one of '
                        f'{list(KINDS)}')
+    if self.layout not in LAYOUTS:
+      raise ValueError(f'model.layout={self.layout!r} is not one of '
+                       f'{list(LAYOUTS)}')
     x = Dropout(self.dropout, deterministic=not train)(x)
     x = x * mask[..., None]
     for i in range(self.num_blocks):
       x = Block(self.num_heads, self.ff_dim, self.dropout, self.kind,
-                self.causal, self.window, self.chunk, name=f'block{i}')(
-                    x, mask, train)
+                self.causal, self.window, self.chunk, self.layout,
+                name=f'block{i}')(x, mask, train)
     return nn.LayerNorm(name='ln_out')(x)

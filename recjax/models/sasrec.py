@@ -49,6 +49,8 @@ class SASRec(nn.Module):
     causal: False gives a bidirectional encoder.
     init_std: std of the embedding tables' normal init.
     positions: 'from_end' | 'from_start' (see the module docstring).
+    layout: 'pre_ln' | 'sasrec', where the blocks' norms sit
+      (models.attention.Block).
   """
   num_items: int
   vocab_size: int
@@ -64,6 +66,7 @@ class SASRec(nn.Module):
   causal: bool = True
   init_std: float = 0.02
   positions: str = 'from_end'
+  layout: str = 'pre_ln'
 
   def setup(self):
     d = self.embed_dim
@@ -73,7 +76,7 @@ class SASRec(nn.Module):
                                    self.init_std, ('seq', 'embed'))
     self.encoder = Encoder(self.num_blocks, self.num_heads, self.ff_dim,
                            self.dropout, self.attention, self.causal,
-                           self.window, self.chunk)
+                           self.window, self.chunk, self.layout)
 
   def embed_inputs(self, inputs: dict) -> jax.Array:
     """Per-position input vectors [B, T, D] before position embeddings."""

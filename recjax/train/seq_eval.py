@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recjax.data.sequences import EvalSet, Sequences, bucket_widths
-from recjax.train.evaluate import RankingEvaluator
+from recjax.train.evaluate import METRICS, RankingEvaluator
 
 PROTOCOLS = ('uniform', 'popularity')
 
@@ -170,6 +170,16 @@ class SeqEvaluator:
       neg = sample_negatives(np.random.default_rng([seed, k]), exclude,
                              num_negatives, num_items, p)
       self.candidates[proto] = np.concatenate([targets[:, :1], neg], axis=1)
+
+  def metric_names(self) -> set[str]:
+    """The metric keys evaluate_queries returns (e.g. 'ndcg@10',
+    'uniform100_hr@10'), so a config can be checked before training."""
+    names = {f'{m}@{k}' for m in (*METRICS, 'coverage') for k in self.ks}
+    for proto in self.candidates:
+      label = f'{proto}{self.num_negatives}'
+      names |= {f'{label}_{m}@{k}' for m in ('hr', 'ndcg') for k in self.ks}
+      names.add(f'{label}_mrr')
+    return names
 
   def evaluate_queries(self, queries: np.ndarray, keys: jax.Array) -> dict:
     """Metrics from query vectors [S, D'] (rows of the EvalSet) and all

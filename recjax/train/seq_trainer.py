@@ -174,8 +174,16 @@ def _prepare(config, mesh, workdir: str):
   ds = registry.load_dataset(config.data)
   L = config.model.max_len
   collapse = config.data.get('collapse_repeats', False)
+  windows = config.data.get('train_windows', 'last')
+  if windows not in ('last', 'all'):
+    raise ValueError(f"data.train_windows={windows!r} is not one of "
+                     "['last', 'all']")
+  width = L + 1 if objective == 'next' else L
+  # 'all': earlier windows of long histories too, each event a target once
+  # (next-item windows overlap by the one event that is input and target).
   train = sequences.train_sequences(
-      ds, L + 1 if objective == 'next' else L, collapse_repeats=collapse)
+      ds, width, collapse_repeats=collapse,
+      stride=None if windows == 'last' else width - (objective == 'next'))
   evalsets = {w: sequences.eval_set(ds, L, w, collapse_repeats=collapse)
               for w in ('valid', 'test')}
   pad_to = math.lcm(128, mesh.size)
@@ -384,6 +392,11 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   (ds, objective, model, batcher, evalsets, evaluators,
    pool, graph) = _prepare(config, mesh, workdir)
   inputs_used = inputs_of(config)
+  if 'valid' in evaluators:
+    names = evaluators['valid'].metric_names()
+    if config.eval.select_metric not in names:
+      raise ValueError(f'eval.select_metric={config.eval.select_metric!r} is '
+                       f'not one of the validation metrics {sorted(names)}')
   data_s = time.perf_counter() - t0
   logging.info('data %s, %d training sequences, widths %s in %.1fs',
                ds.summary(), len(batcher.seqs.users), batcher.widths, data_s)
