@@ -101,6 +101,10 @@ def _config():
   import sasrec_ml1m
   import session_marketplace
   model = _MODEL.value
+  if _RECIPE.value != 'softmax' and (model != 'sasrec'
+                                     or _DATA.value == 'marketplace'):
+    raise app.UsageError(f'--recipe={_RECIPE.value} is a recipe of SASRec '
+                         'on a txt file (configs/sasrec_ml1m.py)')
   if _DATA.value == 'marketplace':
     c = session_marketplace.get_config()
     c.model.name = 'session' if model == 'features' else model
@@ -159,7 +163,8 @@ def main(argv):
     if keys:
       out[label] = {k[len(label) + 1:]: r[k] for k in keys}
   out.update({k: r[k] for k in (
-      'epochs', 'steps', 'steps_per_epoch', 'train_s', 'epoch_s', 'step_s',
+      'epochs', 'steps', 'steps_per_epoch', 'train_sequences',
+      'train_targets', 'train_s', 'epoch_s', 'step_s',
       'compile_s', 'eval_s', 'eval_users', 'selected_on', 'best_step',
       'loss', 'devices')})
   out['history'] = r['history']
@@ -175,8 +180,7 @@ def main(argv):
       valid_users=c.data.get('valid_users', 0),
       select_metric=c.eval.select_metric,
       train_windows=c.data.get('train_windows', 'last'),
-      recipe=(_RECIPE.value if _MODEL.value != 'bert4rec'
-              and _DATA.value != 'marketplace' else None))
+      recipe=_RECIPE.value)
   out['peak_rss_mb'] = round(
       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
   out['workdir'] = workdir

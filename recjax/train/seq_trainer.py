@@ -618,6 +618,11 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       loss_name=config.loss.name, devices=jax.device_count(),
       mesh=mesh_lib.describe(mesh), steps=step, epochs=round(epochs, 3),
       steps_per_epoch=spe, resumed_from=restored_step,
+      # Rows and next-item / Cloze targets the epochs draw from (how much
+      # of the training split data.train_windows lets an epoch see).
+      train_sequences=len(batcher.seqs.users),
+      train_targets=int(np.maximum(batcher.seqs.length - 1, 0).sum()
+                        if objective == 'next' else batcher.seqs.length.sum()),
       train_s=round(train_s, 3),
       step_s=round(train_s / max(step - start, 1), 5),
       epoch_s=round(train_s / max((step - start) / spe, 1e-9), 3),
