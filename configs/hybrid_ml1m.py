@@ -48,6 +48,7 @@ def get_config():
   # use SASRec's split, not gSASRec's 512-user one.
   c.data.valid_users = 0
   c.optimizer.learning_rate = 1e-3   # what the docstring's figures used
+  c.data.train_windows = 'last'       # ... and each user's last window
   c.model.graph_trainable = False
   c.graph = graph_config()
   c.graph.workdir = ''

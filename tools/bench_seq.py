@@ -70,7 +70,8 @@ _VALID_USERS = flags.DEFINE_integer(
     "0 = every user, SASRec's split, BERT4Rec's default).")
 _WINDOWS = flags.DEFINE_enum(
     'train_windows', None, ['last', 'all'], "'all': histories longer than "
-    'max_len also train on their earlier windows.')
+    "max_len also train on their earlier windows (the default of SASRec's "
+    "softmax config); 'last': each user's last max_len events only.")
 _RECIPE = flags.DEFINE_enum(
     'recipe', 'softmax', ['softmax', 'paper'],
     "SASRec on a txt file: configs/sasrec_ml1m.py's variant ('paper': "
