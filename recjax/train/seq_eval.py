@@ -171,12 +171,16 @@ class SeqEvaluator:
                              num_negatives, num_items, p)
       self.candidates[proto] = np.concatenate([targets[:, :1], neg], axis=1)
 
+  def _label(self, proto: str) -> str:
+    """Key prefix of a sampled protocol's metrics, e.g. 'uniform100'."""
+    return f'{proto}{self.num_negatives}'
+
   def metric_names(self) -> set[str]:
     """The metric keys evaluate_queries returns (e.g. 'ndcg@10',
     'uniform100_hr@10'), so a config can be checked before training."""
     names = {f'{m}@{k}' for m in (*METRICS, 'coverage') for k in self.ks}
     for proto in self.candidates:
-      label = f'{proto}{self.num_negatives}'
+      label = self._label(proto)
       names |= {f'{label}_{m}@{k}' for m in ('hr', 'ndcg') for k in self.ks}
       names.add(f'{label}_mrr')
     return names
@@ -198,7 +202,7 @@ class SeqEvaluator:
         per = _sampled_metrics(pad(queries), keys, pad(cand), ks=self.ks)
         sums = sums + np.asarray(per)[:n].sum(axis=0, dtype=np.float64)
       mean = sums / s
-      label = f'{proto}{self.num_negatives}'
+      label = self._label(proto)
       for j, k in enumerate(self.ks):
         out[f'{label}_hr@{k}'] = float(mean[j])
         out[f'{label}_ndcg@{k}'] = float(mean[len(self.ks) + j])
