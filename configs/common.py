@@ -22,8 +22,11 @@ def base_config() -> ml_collections.ConfigDict:
   # SASRec txt (leave-last-out): validate on this many users only, the rest
   # train on their validation event (gSASRec's protocol); 0 = every user.
   c.data.valid_users = 0
-  # Event types that count as positive user-item edges for training.
+  # Event types whose user-item pairs are graph edges (and, unless
+  # target_events says otherwise, the training positives).
   c.data.event_types = ('click', 'cart', 'purchase', 'review')
+  # Event types whose pairs are the training positives; () = event_types.
+  c.data.target_events = ()
   c.data.marketplace = ml_collections.ConfigDict()   # MarketplaceConfig fields
 
   c.model = ml_collections.ConfigDict()

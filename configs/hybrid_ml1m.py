@@ -49,6 +49,7 @@ def get_config():
   c.data.valid_users = 0
   c.optimizer.learning_rate = 1e-3   # what the docstring's figures used
   c.data.train_windows = 'last'       # ... and each user's last window
+  c.model.dropout = 0.2              # ... and SASRec's dropout then
   c.model.graph_trainable = False
   c.graph = graph_config()
   c.graph.workdir = ''

@@ -13,9 +13,10 @@ user's last 200 events only (data.train_windows = 'last'):
   the same, D = 128, dropout 0.5    0.2745 / 0.1532  (145 epochs)
   SASRec's block layout (model.layout = 'sasrec'), lr 3e-3, 42 s/epoch:
                                     0.2891 / 0.1657  (85 epochs)
-  the default: lr 3e-3, every window of the histories
-  (data.train_windows = 'all'), same CPU, 60.0 s/epoch:
-                                    0.2959 / 0.1708  (60 epochs)
+  lr 3e-3, every window of the histories (data.train_windows =
+  'all'), same CPU, 60.0 s/epoch:   0.2959 / 0.1708  (60 epochs)
+  the default: the same with dropout 0.1, validation every 10 epochs
+  (62.8 s/epoch):                   0.3048 / 0.1769  (57 epochs)
 Variant 'paper' (configs/sasrec_ml1m.py:paper) is SASRec's own recipe for
 the sampled uniform100 protocol; chosen on full-ranking NDCG (512 users)
 it tested at uniform100 HR@10 0.7937 after 236 epochs, so it now selects
@@ -136,4 +137,7 @@ def get_config(variant: str = 'softmax'):
   # Every training event a target (987k per epoch, not the last windows'
   # 652k): 60 minutes gave 0.2959 / 0.1708 against 0.2891 / 0.1657.
   c.data.train_windows = 'all'
+  # Under a 60-minute budget (~60 epochs) the lighter dropout fits faster:
+  # 0.3048 / 0.1769 against 0.2959 / 0.1708 at 0.2.
+  c.model.dropout = 0.1
   return c

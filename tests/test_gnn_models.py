@@ -151,6 +151,31 @@ def test_graph_trainer_learns_compiles_once_and_reports(tmp_path):
   assert r['recall@20'] > 0
 
 
+def test_training_positives_can_be_a_subset_of_the_graph_events(market):
+  import ml_collections
+  from recjax.data.schema import EVENT_INDEX
+  from recjax.train import gnn_trainer, trainer
+  deep = ('click', 'cart', 'purchase', 'review')
+  data = ml_collections.ConfigDict(dict(
+      event_types=('view',) + deep, target_events=deep))
+  assert trainer.target_events(data) == deep
+  stream = gnn_trainer.PairStream(market, trainer.target_events(data), 32,
+                                  8, seed=0)
+  tr = market.train
+  clicked = set(zip(tr.user[tr.event >= EVENT_INDEX['click']].tolist(),
+                    tr.item[tr.event >= EVENT_INDEX['click']].tolist()))
+  pairs = set(zip(stream.users.tolist(), stream.items.tolist()))
+  assert pairs == clicked
+  # Unset: the graph's own event types (views included: more pairs).
+  data.target_events = ()
+  every = gnn_trainer.PairStream(market, trainer.target_events(data), 32, 8,
+                                 seed=0)
+  assert len(every.users) > len(stream.users)
+  data.target_events = ('click', 'like')
+  with pytest.raises(ValueError, match=r"data.target_events.*'like'"):
+    trainer.target_events(data)
+
+
 def test_graph_loss_same_on_1_and_8_devices(tmp_path):
   over = ['--config.train.num_steps=6', '--config.train.log_every=2']
   one, _ = helpers.run_main(str(tmp_path / 'one'), 'configs/gnn_tiny.py:gat',
@@ -168,7 +193,8 @@ def test_graph_loss_same_on_1_and_8_devices(tmp_path):
 def test_bench_gnn_prints_the_figures():
   cmd = [sys.executable, 'tools/bench_gnn.py', '--model=tgat', '--steps=8',
          '--users=400', '--items=400', '--sellers=20', '--events=30000',
-         '--batch_size=64', '--fanouts=4,2', '--embed_dim=16']
+         '--batch_size=64', '--fanouts=4,2', '--embed_dim=16',
+         '--target_events=click,cart,purchase,review']
   proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                         text=True, timeout=600, env=helpers.env_with())
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -178,6 +204,8 @@ def test_bench_gnn_prints_the_figures():
             'cold_item_recall@20', 'popularity_cold_user_recall@20',
             'popularity_cold_item_recall@20'):
     assert k in out, k
+  assert out['settings']['target_events'] == ['click', 'cart', 'purchase',
+                                              'review']
 
 
 def test_bench_gnn_reads_lightgcn_txt(tmp_path):

@@ -50,6 +50,9 @@ _TEMPERATURE = flags.DEFINE_float('temperature', None, 'Softmax '
 _NEG = flags.DEFINE_integer('num_negatives', None, 'Shared negatives per '
                             'batch. Default: config.')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate. Default: config.')
+_TARGETS = flags.DEFINE_list(
+    'target_events', None, 'Event types whose pairs are the training '
+    'positives (graph edges keep every configured type). Default: config.')
 _USERS = flags.DEFINE_integer('users', None, 'Marketplace users.')
 _ITEMS = flags.DEFINE_integer('items', None, 'Marketplace items.')
 _SELLERS = flags.DEFINE_integer('sellers', None, 'Marketplace sellers.')
@@ -85,6 +88,7 @@ def _config():
                            "'marketplace' or a LightGCN txt directory)")
     c.data.name, c.data.path = 'lightgcn', _DATA.value
     c.data.event_types = ('click',)
+    c.data.target_events = ()
   else:
     for flag, field in ((_USERS, 'num_users'), (_ITEMS, 'num_items'),
                         (_SELLERS, 'num_sellers'), (_EVENTS, 'num_events')):
@@ -100,6 +104,8 @@ def _config():
                            (_LR, c.optimizer, 'learning_rate')):
     if value.value is not None:
       node[key] = value.value
+  if _TARGETS.value is not None:
+    c.data.target_events = tuple(_TARGETS.value)
   c.train.budget_minutes = _BUDGET.value
   c.train.eval_every_epochs = 0
   c.train.checkpoint_every_steps = 10**9   # Benchmarks time training only.
@@ -126,6 +132,7 @@ def main(argv):
       normalize=c.loss.normalize, temperature=c.loss.temperature,
       num_negatives=c.loss.num_negatives,
       lr=c.optimizer.learning_rate,
+      target_events=list(c.data.get('target_events') or ()) or None,
       budget_minutes=_BUDGET.value, num_epochs=c.train.num_epochs,
       fanouts=list(c.graph.fanouts) if 'graph' in c else None,
       marketplace=c.data.marketplace.to_dict())

@@ -23,6 +23,20 @@ EVENT_INDEX = {name: i for i, name in enumerate(EVENT_TYPES)}
 DEVICES = ('unknown', 'desktop', 'mobile', 'tablet', 'app')
 
 
+def check_event_types(names: Sequence[str], key: str) -> tuple[str, ...]:
+  """`names` as a non-empty tuple of known event types.
+
+  Raises:
+    ValueError naming the config `key` and the unknown names.
+  """
+  names = (names,) if isinstance(names, str) else tuple(names)
+  unknown = [n for n in names if n not in EVENT_INDEX]
+  if unknown or not names:
+    raise ValueError(f'{key}={names!r}: expected a non-empty subset of '
+                     f'{list(EVENT_TYPES)}, unknown: {unknown}')
+  return names
+
+
 class DataError(ValueError):
   """A malformed input, located precisely.
 

@@ -30,14 +30,14 @@ import tqdm
 
 from recjax.data import registry
 from recjax.data.sampling import _epoch_permutation
-from recjax.data.schema import Dataset
+from recjax.data.schema import Dataset, check_event_types
 from recjax.graph import samplers as samplers_lib
 from recjax.graph.nodes import NodeGraph, node_features, training_pairs
 from recjax.models.gnn import NodeEncoder, SampledGNN
 from recjax.train import checkpoint, cold_start, mesh as mesh_lib
 from recjax.train.evaluate import RankingEvaluator
 from recjax.train.state import TrainState, make_optimizer, scheduled_lr
-from recjax.train.trainer import StepLogger
+from recjax.train.trainer import StepLogger, target_events
 from recjax.train.writers import MetricWriter
 
 DEFAULT_SAMPLER = dict(graphsage='uniform', gat='uniform',
@@ -246,7 +246,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       f.write(config.to_json_best_effort(indent=2))
   t0 = time.perf_counter()
   ds = registry.load_dataset(config.data)
-  events = tuple(config.data.event_types)
+  events = check_event_types(config.data.event_types, 'data.event_types')
   graph = NodeGraph.from_dataset(ds, events)
   feats_np = node_features(graph, ds)
   sampler = make_sampler(config, graph)
@@ -255,9 +255,9 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     hard_table = samplers_lib.hard_negative_table(
         graph, tuple(config.graph.hard_ranks), seed=config.seed)
     num_hard = config.graph.num_hard_negatives
-  stream = PairStream(ds, events, config.train.batch_size,
-                      config.loss.num_negatives, config.seed, hard_table,
-                      num_hard)
+  stream = PairStream(ds, target_events(config.data),
+                      config.train.batch_size, config.loss.num_negatives,
+                      config.seed, hard_table, num_hard)
   mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
   rules = tuple(tuple(r) for r in config.sharding_rules)
   b, m = config.train.batch_size, config.loss.num_negatives

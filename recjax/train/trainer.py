@@ -25,7 +25,7 @@ import tqdm
 from recjax import models
 from recjax.data import registry
 from recjax.data.sampling import PairSampler, UserSampler
-from recjax.data.schema import EVENT_INDEX, Dataset
+from recjax.data.schema import EVENT_INDEX, Dataset, check_event_types
 from recjax.graph import HeteroGraph
 from recjax.ops.spmm import CsrMatrix
 from recjax.train import checkpoint, cold_start, distributed, losses
@@ -98,6 +98,16 @@ class StepLogger:
       self.pending = []
 
 
+def target_events(data_config) -> tuple[str, ...]:
+  """Event types whose (user, item) pairs are the training positives:
+  data.target_events, or the graph's data.event_types when unset. A graph
+  can carry weak evidence (views) as edges while training on clicks."""
+  names = data_config.get('target_events') or data_config.event_types
+  key = ('data.target_events' if data_config.get('target_events')
+         else 'data.event_types')
+  return check_event_types(names, key)
+
+
 def _positive_pairs(ds: Dataset, event_types) -> tuple[np.ndarray, np.ndarray]:
   tr = ds.train
   mask = np.isin(tr.event, [EVENT_INDEX[e] for e in event_types])
@@ -155,7 +165,7 @@ def _make_loss_fn(model, cfg):
 
 def _prepare(config, ds: Dataset, mesh):
   """Graph, model and sampler for a retrieval model on `ds`."""
-  events = tuple(config.data.event_types)
+  events = check_event_types(config.data.event_types, 'data.event_types')
   graph = HeteroGraph.from_dataset(ds, event_types=events)
   # Pad the node table to a multiple that does not depend on the device
   # count (up to 128 devices), so 1 and N devices build the same model.
@@ -167,7 +177,7 @@ def _prepare(config, ds: Dataset, mesh):
          else jax.device_put(adj, mesh_lib.replicated(mesh)))
   sizes = dict(num_users=ds.num_users, num_items=ds.num_items, num_nodes=n)
   model = models.get(config.model.name)(config.model, sizes)
-  users, items = _positive_pairs(ds, events)
+  users, items = _positive_pairs(ds, target_events(config.data))
   if config.loss.name == 'multinomial':
     sampler = UserSampler(users, items, config.train.batch_size,
                           seed=config.seed)
