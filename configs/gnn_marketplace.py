@@ -43,6 +43,7 @@ def get_config(model: str = 'graphsage'):
   c.graph = ml_collections.ConfigDict()
   c.graph.sampler = ''            # '' = the model's own (see gnn_trainer)
   c.graph.fanouts = (10, 5)       # per hop; the model gets one layer each
+  c.graph.eval_fanouts = ()       # at evaluation; () = the same
   c.graph.num_walks = 32          # pinsage: walks per node
   c.graph.walk_length = 3
   c.graph.temporal_strategy = 'recent'   # tgat: 'recent' | 'uniform'

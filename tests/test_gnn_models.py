@@ -194,7 +194,7 @@ def test_bench_gnn_prints_the_figures():
   cmd = [sys.executable, 'tools/bench_gnn.py', '--model=tgat', '--steps=8',
          '--users=400', '--items=400', '--sellers=20', '--events=30000',
          '--batch_size=64', '--fanouts=4,2', '--embed_dim=16',
-         '--target_events=click,cart,purchase,review']
+         '--target_events=click,cart,purchase,review', '--eval_fanouts=8,4']
   proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                         text=True, timeout=600, env=helpers.env_with())
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -206,6 +206,21 @@ def test_bench_gnn_prints_the_figures():
     assert k in out, k
   assert out['settings']['target_events'] == ['click', 'cart', 'purchase',
                                               'review']
+  assert out['settings']['eval_fanouts'] == [8, 4]
+
+
+def test_eval_fanouts_are_checked():
+  import ml_collections
+  from recjax.train import gnn_trainer
+  c = ml_collections.ConfigDict(dict(graph=dict(fanouts=(10, 5),
+                                                eval_fanouts=())))
+  assert gnn_trainer.eval_fanouts(c) == ()
+  c.graph.eval_fanouts = (30, 10)
+  assert gnn_trainer.eval_fanouts(c) == (30, 10)
+  for bad in ((30,), (30, 0)):
+    c.graph.eval_fanouts = bad
+    with pytest.raises(ValueError, match='graph.eval_fanouts'):
+      gnn_trainer.eval_fanouts(c)
 
 
 def test_bench_gnn_reads_lightgcn_txt(tmp_path):

@@ -41,6 +41,9 @@ _EPOCHS = flags.DEFINE_integer('epochs', None, 'Epoch cap (default: config).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Step cap (smoke runs).')
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Default: config.')
 _FANOUTS = flags.DEFINE_list('fanouts', None, 'Per-hop fan-outs.')
+_EVAL_FANOUTS = flags.DEFINE_list(
+    'eval_fanouts', None, 'Per-hop fan-outs at evaluation (wider '
+    'neighbourhoods, less sampling noise). Default: the training ones.')
 _DIM = flags.DEFINE_integer('embed_dim', None, 'Default: config.')
 _NORMALIZE = flags.DEFINE_bool('normalize', None, 'Unit-vector (cosine) '
                                'embeddings; --nonormalize scores by dot '
@@ -82,6 +85,8 @@ def _config():
     c = gnn_marketplace.get_config(_MODEL.value)
     if _FANOUTS.value:
       c.graph.fanouts = tuple(int(f) for f in _FANOUTS.value)
+    if _EVAL_FANOUTS.value:
+      c.graph.eval_fanouts = tuple(int(f) for f in _EVAL_FANOUTS.value)
   if on_path:
     if not os.path.isdir(_DATA.value):
       raise app.UsageError(f'--data={_DATA.value}: not a directory (want '
@@ -135,6 +140,8 @@ def main(argv):
       target_events=list(c.data.get('target_events') or ()) or None,
       budget_minutes=_BUDGET.value, num_epochs=c.train.num_epochs,
       fanouts=list(c.graph.fanouts) if 'graph' in c else None,
+      eval_fanouts=(list(c.graph.get('eval_fanouts', ()) or ()) or None
+                    if 'graph' in c else None),
       marketplace=c.data.marketplace.to_dict())
   out['peak_rss_mb'] = round(
       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -44,17 +44,31 @@ DEFAULT_SAMPLER = dict(graphsage='uniform', gat='uniform',
                        pinsage='random_walk', tgat='temporal')
 
 
-def make_sampler(config, graph: NodeGraph):
+def eval_fanouts(config) -> tuple:
+  """graph.eval_fanouts, checked: positive, one per hop of graph.fanouts;
+  () when unset (evaluation samples like training)."""
   g = config.graph
+  f = tuple(int(x) for x in (g.get('eval_fanouts', ()) or ()))
+  if f and (len(f) != len(g.fanouts) or min(f) < 1):
+    raise ValueError(f'graph.eval_fanouts={f}: expected positive fan-outs, '
+                     f'one per hop of graph.fanouts {tuple(g.fanouts)}')
+  return f
+
+
+def make_sampler(config, graph: NodeGraph, fanouts=()):
+  """The model's sampler over `graph` with per-hop `fanouts` (default:
+  graph.fanouts)."""
+  g = config.graph
+  fanouts = tuple(fanouts or g.fanouts)
   kind = g.sampler or DEFAULT_SAMPLER.get(config.model.name)
   if kind == 'uniform':
-    return samplers_lib.NeighborSampler(graph, g.fanouts)
+    return samplers_lib.NeighborSampler(graph, fanouts)
   if kind == 'random_walk':
     return samplers_lib.RandomWalkSampler(
-        graph, g.fanouts, num_walks=g.num_walks, walk_length=g.walk_length,
+        graph, fanouts, num_walks=g.num_walks, walk_length=g.walk_length,
         seed=config.seed)
   if kind == 'temporal':
-    return samplers_lib.TemporalSampler(graph, g.fanouts,
+    return samplers_lib.TemporalSampler(graph, fanouts,
                                         strategy=g.temporal_strategy)
   raise ValueError(f'graph.sampler={kind!r} is not one of uniform, '
                    'random_walk, temporal')
@@ -250,6 +264,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   graph = NodeGraph.from_dataset(ds, events)
   feats_np = node_features(graph, ds)
   sampler = make_sampler(config, graph)
+  eval_fanouts(config)                 # a bad value fails before training
   hard_table, num_hard = None, 0
   if config.model.name == 'pinsage' and config.graph.num_hard_negatives:
     hard_table = samplers_lib.hard_negative_table(
@@ -369,6 +384,11 @@ def evaluate_all(config, ds: Dataset, graph: NodeGraph, sampler, model,
   LightGCN trainer does), so both trainers report the same baseline.
   """
   ks = tuple(config.eval.ks)
+  # Wider neighbourhoods at inference (graph.eval_fanouts) average out more
+  # of the sampling noise; the layers are mean-like, so they carry over.
+  wide = eval_fanouts(config)
+  if wide:
+    sampler = make_sampler(config, graph, wide)
   embed = Embedder(model, feats, config.eval.embed_chunk, config.seed)
   now = int(ds.train.timestamp.max()) + 1
   tq = now if isinstance(sampler, samplers_lib.TemporalSampler) else None
@@ -395,7 +415,7 @@ def evaluate_all(config, ds: Dataset, graph: NodeGraph, sampler, model,
     # Fold-in: the cold users' revealed edges join the graph; no retraining.
     r = cs.revealed
     g2 = graph.with_edges(r.user, r.item, r.event, r.timestamp)
-    s2 = make_sampler(config, g2)
+    s2 = make_sampler(config, g2, wide)
     cold = cs.revealed_users
     tq2 = None
     if tq is not None:
