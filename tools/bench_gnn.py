@@ -74,6 +74,9 @@ KEYS = ('recall@20', 'ndcg@20', 'popularity_recall@20',
 def _config():
   on_path = _DATA.value != 'marketplace'
   if _MODEL.value == 'lightgcn':
+    if _FANOUTS.value or _EVAL_FANOUTS.value:
+      raise app.UsageError('--fanouts / --eval_fanouts: lightgcn propagates '
+                           'over whole neighbourhoods, it samples none')
     if on_path:
       import lightgcn_gowalla
       c = lightgcn_gowalla.get_config()
@@ -93,7 +96,6 @@ def _config():
                            "'marketplace' or a LightGCN txt directory)")
     c.data.name, c.data.path = 'lightgcn', _DATA.value
     c.data.event_types = ('click',)
-    c.data.target_events = ()
   else:
     for flag, field in ((_USERS, 'num_users'), (_ITEMS, 'num_items'),
                         (_SELLERS, 'num_sellers'), (_EVENTS, 'num_events')):
@@ -140,8 +142,8 @@ def main(argv):
       target_events=list(c.data.get('target_events') or ()) or None,
       budget_minutes=_BUDGET.value, num_epochs=c.train.num_epochs,
       fanouts=list(c.graph.fanouts) if 'graph' in c else None,
-      eval_fanouts=(list(c.graph.get('eval_fanouts', ()) or ()) or None
-                    if 'graph' in c else None),
+      eval_fanouts=list(c.graph.eval_fanouts or ()) or None
+      if 'graph' in c else None,
       marketplace=c.data.marketplace.to_dict())
   out['peak_rss_mb'] = round(
       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -80,9 +80,14 @@ def main(argv):
                         exclude_users=ds.cold_users)
   # Scores as [U, I] rows: user one-hot x item table = the oracle matrix.
   r = ev.evaluate(np.eye(ds.num_users, dtype=np.float32), oracle.T.copy())
-  p = ev.evaluate(np.ones((ds.num_users, 1), np.float32),
-                  np.bincount(ds.train.item, minlength=ds.num_items)
-                  .astype(np.float32)[:, None])
+
+  def popularity(items):
+    # Every user gets the same scores: the items' training counts.
+    return ev.evaluate(np.ones((ds.num_users, 1), np.float32),
+                       np.bincount(items, minlength=ds.num_items)
+                       .astype(np.float32)[:, None])
+
+  p = popularity(ds.train.item)
   # The exposure term from training counts alone.
   tu, ti = ds.train.user, ds.train.item
   pop_hat = np.bincount(ti, minlength=ds.num_items) + 1.0
@@ -98,9 +103,7 @@ def main(argv):
   # Item popularity counted on click-or-deeper training rows only: the
   # test split holds clicks, which preference decides more than views.
   deep = ds.train.event >= EVENT_INDEX['click']
-  pc = ev.evaluate(np.ones((ds.num_users, 1), np.float32),
-                   np.bincount(ti[deep], minlength=ds.num_items)
-                   .astype(np.float32)[:, None])
+  pc = popularity(ti[deep])
 
   def ease(rows):
     # EASE (Steck, WWW 2019) on log(1 + training counts of `rows`): the

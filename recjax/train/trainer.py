@@ -102,10 +102,9 @@ def target_events(data_config) -> tuple[str, ...]:
   """Event types whose (user, item) pairs are the training positives:
   data.target_events, or the graph's data.event_types when unset. A graph
   can carry weak evidence (views) as edges while training on clicks."""
-  names = data_config.get('target_events') or data_config.event_types
-  key = ('data.target_events' if data_config.get('target_events')
-         else 'data.event_types')
-  return check_event_types(names, key)
+  if data_config.get('target_events'):
+    return check_event_types(data_config.target_events, 'data.target_events')
+  return check_event_types(data_config.event_types, 'data.event_types')
 
 
 def _positive_pairs(ds: Dataset, event_types) -> tuple[np.ndarray, np.ndarray]:
