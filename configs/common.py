@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 0
   c.optimizer.weight_decay = 0.0
   c.optimizer.grad_clip_norm = 0.0
+  c.optimizer.b2 = 0.999                # Adam's second-moment decay
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 2048

@@ -148,6 +148,11 @@ def test_batcher_is_deterministic_and_bucketed():
   assert len(set(seen_rows)) == 48      # distinct rows within an epoch
   again = sequences.SequenceBatcher(tr, 8, (8, 16), seed=3)
   np.testing.assert_array_equal(again.batch(7)['item'], b.batch(7)['item'])
+  # seen_mask: each row's user's whole training history, ids + 1.
+  x, m = b.batch(9), b.seen_mask(9, 30)
+  assert m.shape == (8, 31) and not m[:, 0].any()
+  for u, row in zip(x['user'][:, -1], m):
+    assert set(np.flatnonzero(row) - 1) == set(ds.train.item[ds.train.user == u])
 
 
 def test_tf_dataset_batches():

@@ -351,6 +351,39 @@ def test_cloze_masks_a_share_of_real_positions():
       jnp.take_along_axis(masked, pos, 1) & chosen, chosen)
 
 
+def test_position_negatives_avoid_the_users_items():
+  """loss.exclude_seen redraws negatives among the user's training items
+  (and the position's target); any left there are masked, nothing else."""
+  import ml_collections
+  from recjax.train import seq_trainer
+  cfg = ml_collections.ConfigDict(dict(loss=dict(
+      name='bce', num_negatives=3, negatives='position', exclude_seen=True)))
+  num_items, b, t = 20, 3, 50
+  seen = np.zeros((b, num_items + 1), bool)
+  seen[0, 1:3] = True                       # user 0 saw 2 items
+  seen[1, 1:20] = True                      # user 1 saw all but item 20
+  seen[2, 1:] = True                        # user 2 saw everything
+  target = jnp.asarray(np.random.default_rng(0).integers(1, 21, (b, t)))
+  pool = jnp.arange(1, num_items + 1)
+  neg, ok = seq_trainer._negatives(jax.random.key(0), cfg, target, pool,
+                                   jnp.asarray(seen))
+  neg, ok = np.asarray(neg), np.asarray(ok)
+  bad = np.take_along_axis(seen, neg.reshape(b, -1), 1).reshape(neg.shape)
+  bad |= neg == np.asarray(target)[..., None]
+  np.testing.assert_array_equal(ok, ~bad)
+  assert ok[0].mean() > 0.95 and ok[2].sum() == 0
+  assert 0 < ok[1].mean() < 0.5 and (neg[1][ok[1] > 0] == 20).all()
+  # Without it only the target is masked.
+  plain, plain_ok = seq_trainer._negatives(jax.random.key(0), cfg, target,
+                                           pool)
+  np.testing.assert_array_equal(np.asarray(plain_ok),
+                                np.asarray(plain) != np.asarray(target)[..., None])
+  assert seq_trainer.check_exclude_seen(cfg, num_items)
+  cfg.loss.negatives = 'row'
+  with pytest.raises(ValueError, match='exclude_seen.*position'):
+    seq_trainer.check_exclude_seen(cfg, num_items)
+
+
 def test_bert4rec_queries_append_a_mask_token():
   from recjax.train.seq_trainer import _queries
   model = BERT4Rec(num_items=9, vocab_size=16, max_len=8, embed_dim=8,

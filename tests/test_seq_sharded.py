@@ -86,6 +86,7 @@ def test_sasrec_paper_variant_is_bce_and_trains(tmp_path):
   c = sasrec_ml1m.get_config('paper')
   assert (c.loss.name, c.loss.num_negatives, c.loss.negatives) == (
       'bce', 1, 'position')
+  assert c.loss.exclude_seen and not sasrec_ml1m.get_config().loss.exclude_seen
   assert c.model.embed_dim == 50 and c.optimizer.learning_rate == 1e-3
   assert sasrec_ml1m.get_config().loss.name == 'full_softmax'
   with pytest.raises(ValueError, match='sasrec_ml1m.py:bpr'):

@@ -13,8 +13,8 @@ user; leave-last-out split), a directory holding one such .txt file, or
 there is the feature-rich session encoder, --model=sasrec its baseline).
 
 Overrides of the config for ablations: --loss, --num_negatives, --negatives,
---embed_dim, --lr, --dropout, --attention, --max_len, --positions
-(from_end | from_start), --layout (pre_ln | sasrec), --buckets (training
+--exclude_seen, --embed_dim, --lr, --b2, --schedule, --dropout,
+--attention, --max_len, --positions (from_end | from_start), --layout (pre_ln | sasrec), --buckets (training
 batch widths; 'none': every batch full width, batches mix history
 lengths), --valid_users, --select_metric, --train_windows (last | all);
 --recipe=paper is SASRec's own recipe (configs/sasrec_ml1m.py:paper).
@@ -51,8 +51,17 @@ _NEG = flags.DEFINE_integer('num_negatives', None, 'Sampled negatives.')
 _NEG_MODE = flags.DEFINE_enum('negatives', None, ['row', 'position'],
                               "Negatives shared by a sequence ('row') or "
                               "drawn per position (SASRec's BCE).")
+_EXCLUDE_SEEN = flags.DEFINE_bool(
+    'exclude_seen', None, "Position negatives avoid the user's training "
+    "items (SASRec's sampler; on in --recipe=paper).")
 _DIM = flags.DEFINE_integer('embed_dim', None, 'Hidden size.')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate.')
+_SCHEDULE = flags.DEFINE_enum('schedule', None,
+                              ['constant', 'cosine', 'linear'],
+                              'Learning-rate schedule (decays over the '
+                              'budget or the epochs).')
+_B2 = flags.DEFINE_float('b2', None, "Adam's second-moment decay "
+                         "(optimizer.b2; SASRec's code: 0.98).")
 _DROPOUT = flags.DEFINE_float('dropout', None, 'Dropout rate.')
 _ATTENTION = flags.DEFINE_enum('attention', None, ['full', 'local', 'linear'],
                                'Attention kernel.')
@@ -122,9 +131,12 @@ def _config():
                            (_LOSS, c.loss, 'name'),
                            (_NEG, c.loss, 'num_negatives'),
                            (_NEG_MODE, c.loss, 'negatives'),
+                           (_EXCLUDE_SEEN, c.loss, 'exclude_seen'),
                            (_DIM, c.model, 'embed_dim'),
                            (_DIM, c.model, 'ff_dim'),
                            (_LR, c.optimizer, 'learning_rate'),
+                           (_B2, c.optimizer, 'b2'),
+                           (_SCHEDULE, c.optimizer, 'schedule'),
                            (_DROPOUT, c.model, 'dropout'),
                            (_ATTENTION, c.model, 'attention'),
                            (_MAX_LEN, c.model, 'max_len'),
@@ -171,12 +183,14 @@ def main(argv):
   out['history'] = r['history']
   out['settings'] = dict(
       loss=c.loss.name, num_negatives=c.loss.num_negatives,
-      gbce_t=c.loss.gbce_t, embed_dim=c.model.embed_dim,
+      gbce_t=c.loss.gbce_t, exclude_seen=c.loss.get('exclude_seen', False),
+      embed_dim=c.model.embed_dim,
       num_blocks=c.model.num_blocks, max_len=c.model.max_len,
       attention=c.model.attention, dropout=c.model.dropout,
       positions=c.model.positions, layout=c.model.get('layout', 'pre_ln'),
       buckets=list(c.data.buckets),
       lr=c.optimizer.learning_rate, schedule=c.optimizer.schedule,
+      b2=c.optimizer.get('b2', 0.999),
       batch_size=c.train.batch_size, budget_minutes=_BUDGET.value,
       valid_users=c.data.get('valid_users', 0),
       select_metric=c.eval.select_metric,

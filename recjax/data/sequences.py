@@ -335,13 +335,27 @@ class SequenceBatcher:
     rows = rows[rng.permutation(len(rows))]
     return rows, self.bucket[rows].max(axis=1)
 
-  def batch(self, step: int) -> dict:
-    """Feature arrays [B, w] of training step `step` (w: its bucket)."""
+  def _rows(self, step: int):
     epoch, offset = divmod(step, self.steps_per_epoch)
     if epoch != self._epoch:
       self._plan, self._epoch = self._epoch_plan(epoch), epoch
-    rows, bucket = self._plan[0][offset], self._plan[1][offset]
+    return self._plan[0][offset], self._plan[1][offset]
+
+  def batch(self, step: int) -> dict:
+    """Feature arrays [B, w] of training step `step` (w: its bucket)."""
+    rows, bucket = self._rows(step)
     return self.seqs.features(rows, self.widths[bucket])
+
+  def seen_mask(self, step: int, num_items: int) -> np.ndarray:
+    """bool [B, num_items + 1] of step `step`: True at column i + 1 for
+    every item i (0-based) of the row's user's training history (its whole
+    history, not only the window; column 0 is padding)."""
+    rows, _ = self._rows(step)
+    seen = [self.seqs.seen[r] for r in rows]
+    out = np.zeros((len(rows), num_items + 1), bool)
+    out[np.repeat(np.arange(len(rows)), [len(x) for x in seen]),
+        np.concatenate(seen).astype(np.int64) + 1] = True
+    return out
 
 
 def to_tf_dataset(seqs: Sequences, batch_size: int, seed: int = 0,

@@ -60,49 +60,87 @@ def inputs_of(config) -> tuple[str, ...]:
 
 # ------------------------------------------------------------ objectives
 
-def _negatives(rng, cfg, shape_bt, pool):
+# Batch key of loss.exclude_seen: bool [B, I + 1], each row's user's
+# training items (SequenceBatcher.seen_mask).
+SEEN = 'seen'
+# Draws per negative under loss.exclude_seen: a user who saw a fraction f
+# of the catalog keeps a seen negative (masked out) with probability f ** 4.
+_SEEN_TRIES = 4
+# The mask is host-built each step: at 2M items and 128 rows, 256 MB.
+_SEEN_MAX_ITEMS = 1 << 21
+
+
+def check_exclude_seen(cfg, num_items: int) -> bool:
+  """Whether loss.exclude_seen is on; raises when it cannot apply."""
+  if not cfg.loss.get('exclude_seen', False):
+    return False
+  if cfg.loss.name == 'full_softmax' or cfg.loss.negatives != 'position':
+    raise ValueError('loss.exclude_seen needs sampled negatives per position '
+                     f'(loss.negatives=position), got loss.name='
+                     f'{cfg.loss.name!r}, loss.negatives='
+                     f'{cfg.loss.negatives!r}')
+  if num_items > _SEEN_MAX_ITEMS:
+    raise ValueError(f'loss.exclude_seen builds a [batch, items] mask per '
+                     f'step; {num_items} items exceed {_SEEN_MAX_ITEMS}')
+  return True
+
+
+def _negatives(rng, cfg, target, pool, seen=None):
   """Ids drawn uniformly from `pool` [P]: [B, T, N] per position or [B, N]
-  per row."""
+  per row, and a float mask of the usable ones (None: all of them).
+
+  With `seen` (bool [B, I + 1]) a position's negative is redrawn, up to
+  _SEEN_TRIES draws, while it is one of the user's training items or the
+  position's target, as SASRec's sampler does; one that stays so is masked.
+  Without it a negative equal to its position's target is masked.
+  """
   if cfg.loss.negatives not in ('position', 'row'):
     raise ValueError(f"loss.negatives={cfg.loss.negatives!r} is not one of "
                      "['position', 'row']")
-  b, t = shape_bt
+  b, t = target.shape
   n = cfg.loss.num_negatives
-  shape = (b, t, n) if cfg.loss.negatives == 'position' else (b, n)
-  return pool[jax.random.randint(rng, shape, 0, pool.shape[0])]
+  if cfg.loss.negatives == 'row':
+    # Row negatives are not masked, as in gSASRec: one equals a position's
+    # target with probability 1 / I, and masking costs a [B, T, N] pass.
+    return pool[jax.random.randint(rng, (b, n), 0, pool.shape[0])], None
+  tries = 1 if seen is None else _SEEN_TRIES
+  cand = pool[jax.random.randint(rng, (b, t, n, tries), 0, pool.shape[0])]
+  bad = cand == target[..., None, None]
+  if seen is not None:
+    bad |= jnp.take_along_axis(seen, cand.reshape(b, -1), axis=1
+                               ).reshape(cand.shape)
+  first = jnp.argmin(bad, axis=-1)[..., None]      # the first usable draw
+  neg = jnp.take_along_axis(cand, first, axis=-1)[..., 0]
+  ok = ~jnp.take_along_axis(bad, first, axis=-1)[..., 0]
+  return neg, ok.astype(jnp.float32)
 
 
-def _score_and_loss(module, q, target, mask, rng, cfg, pool):
+def _score_and_loss(module, q, target, mask, rng, cfg, pool, seen=None):
   """Loss of queries q [B, T, D'] against target ids [B, T] (module bound);
-  sampled negatives come from the ids in `pool`."""
+  sampled negatives come from the ids in `pool` (and avoid `seen`, see
+  `_negatives`)."""
   name = cfg.loss.name
   if name == 'full_softmax':
     logits = q @ module.all_keys().T
     return seq_losses.full_softmax(logits, target - 1, mask)
-  neg = _negatives(rng, cfg, target.shape, pool)
+  neg, neg_mask = _negatives(rng, cfg, target, pool, seen)
   pos = jnp.sum(q * module.keys(target), axis=-1)
   if neg.ndim == 3:
     logits = jnp.einsum('btd,btnd->btn', q, module.keys(neg))
-    # A negative equal to its position's target is dropped (SASRec draws
-    # negatives outside the history; one per position makes this cheap).
-    neg_mask = (neg != target[..., None]).astype(jnp.float32)
   else:
-    # Row negatives are not masked, as in gSASRec: one equals a position's
-    # target with probability 1 / I, and masking costs a [B, T, N] pass.
     logits = jnp.einsum('btd,bnd->btn', q, module.keys(neg))
-    neg_mask = None
   return seq_losses.sampled(name, pos, logits, mask, num_items=pool.shape[0],
                             t=cfg.loss.gbce_t, neg_mask=neg_mask)
 
 
-def _next_item(module, batch, rng, cfg, pool):
+def _next_item(module, batch, rng, cfg, pool, seen=None):
   """Every position predicts the next item of the window."""
   inputs = {f: x[:, :-1] for f, x in batch.items()}
   target = batch['item'][:, 1:]
   mask = ((target > 0) & (inputs['item'] > 0)).astype(jnp.float32)
   h = module(inputs, train=True)
   return _score_and_loss(module, module.query(h), target, mask, rng, cfg,
-                         pool)
+                         pool, seen)
 
 
 def cloze_positions(rng, items, ratio: float):
@@ -130,7 +168,7 @@ def cloze_positions(rng, items, ratio: float):
   return pos, chosen, is_masked
 
 
-def _cloze(module, batch, rng, cfg, pool):
+def _cloze(module, batch, rng, cfg, pool, seen=None):
   """Masked items predicted from both sides (module bound)."""
   items = batch['item']
   pick_rng, neg_rng = jax.random.split(rng)
@@ -141,7 +179,7 @@ def _cloze(module, batch, rng, cfg, pool):
   q = module.query(jnp.take_along_axis(h, pos[..., None], axis=1))
   target = jnp.take_along_axis(items, pos, axis=1)
   return _score_and_loss(module, q, target, chosen.astype(jnp.float32),
-                         neg_rng, cfg, pool)
+                         neg_rng, cfg, pool, seen)
 
 
 def _queries(module, inputs, objective):
@@ -397,6 +435,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     if config.eval.select_metric not in names:
       raise ValueError(f'eval.select_metric={config.eval.select_metric!r} is '
                        f'not one of the validation metrics {sorted(names)}')
+  exclude_seen = check_exclude_seen(config, ds.num_items)
   data_s = time.perf_counter() - t0
   logging.info('data %s, %d training sequences, widths %s in %.1fs',
                ds.summary(), len(batcher.seqs.users), batcher.widths, data_s)
@@ -424,8 +463,10 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
 
   def loss_fn(params, batch, rng):
     drop_rng, obj_rng = jax.random.split(rng)
+    batch = dict(batch)
+    seen = batch.pop(SEEN, None)
     loss = model.apply({'params': params}, batch, obj_rng, config,
-                       pool, method=objective_fn,
+                       pool, seen, method=objective_fn,
                        rngs={'dropout': drop_rng})
     return loss, dict(loss=loss)
 
@@ -442,7 +483,10 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   bs = mesh_lib.batch_sharding(mesh, rules)
   rep = mesh_lib.replicated(mesh)
   batch_shardings = {f: bs for f in inputs_used}
-  step_fn = jax.jit(train_step, in_shardings=(shardings, batch_shardings, rep),
+  step_shardings = dict(batch_shardings)
+  if exclude_seen:
+    step_shardings[SEEN] = bs
+  step_fn = jax.jit(train_step, in_shardings=(shardings, step_shardings, rep),
                     out_shardings=(shardings, rep), donate_argnums=0)
   # One executable per bucket width, compiled up front: the loop never
   # compiles, and train_s is training time only.
@@ -455,6 +499,9 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
           (n, int(w)), getattr(batcher.seqs, 'users' if f == 'user' else f
                                ).dtype, sharding=bs)
               for f in inputs_used}
+      if exclude_seen:
+        spec[SEEN] = jax.ShapeDtypeStruct((n, ds.num_items + 1), bool,
+                                          sharding=bs)
       executables[int(w)] = step_fn.lower(state, spec,
                                           np.float32(0)).compile()
   compile_s = time.perf_counter() - t_compile
@@ -507,6 +554,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     while step < total:
       batch = batcher.batch(step)
       batch = {f: batch[f] for f in inputs_used}
+      if exclude_seen:
+        batch[SEEN] = batcher.seen_mask(step, ds.num_items)
       lr = scheduled_lr(config.optimizer, step, total, train_s, budget_s)
       run = executables[batch['item'].shape[1]]
       state, aux = run(state, batch, np.float32(lr))

@@ -54,12 +54,17 @@ def make_optimizer(cfg: Any) -> optax.GradientTransformation:
   """Optax optimiser from `config.optimizer` with an injectable learning rate.
 
   Fields: name ('adam' | 'adamw' | 'sgd'), weight_decay, grad_clip_norm
-  (0 = off). The learning rate lives in the optimiser state
+  (0 = off), b2 (Adam's second-moment decay, default 0.999; SASRec's code
+  uses 0.98). The learning rate lives in the optimiser state
   (`optax.inject_hyperparams`) and the step sets it from `scheduled_lr`.
   """
+  b2 = cfg.get('b2', 0.999)
+  if not 0.0 <= b2 < 1.0:
+    raise ValueError(f'optimizer.b2={b2!r} must be in [0, 1)')
   makers = {
-      'adam': lambda lr: optax.adam(lr),
-      'adamw': lambda lr: optax.adamw(lr, weight_decay=cfg.weight_decay),
+      'adam': lambda lr: optax.adam(lr, b2=b2),
+      'adamw': lambda lr: optax.adamw(lr, b2=b2,
+                                      weight_decay=cfg.weight_decay),
       'sgd': lambda lr: optax.sgd(lr),
   }
   if cfg.name not in makers:
