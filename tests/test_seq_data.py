@@ -152,7 +152,8 @@ def test_batcher_is_deterministic_and_bucketed():
   x, m = b.batch(9), b.seen_mask(9, 30)
   assert m.shape == (8, 31) and not m[:, 0].any()
   for u, row in zip(x['user'][:, -1], m):
-    assert set(np.flatnonzero(row) - 1) == set(ds.train.item[ds.train.user == u])
+    want = ds.train.item[ds.train.user == u]
+    assert set(np.flatnonzero(row) - 1) == set(want)
 
 
 def test_tf_dataset_batches():

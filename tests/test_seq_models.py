@@ -376,8 +376,8 @@ def test_position_negatives_avoid_the_users_items():
   # Without it only the target is masked.
   plain, plain_ok = seq_trainer._negatives(jax.random.key(0), cfg, target,
                                            pool)
-  np.testing.assert_array_equal(np.asarray(plain_ok),
-                                np.asarray(plain) != np.asarray(target)[..., None])
+  want = np.asarray(plain) != np.asarray(target)[..., None]
+  np.testing.assert_array_equal(np.asarray(plain_ok), want)
   assert seq_trainer.check_exclude_seen(cfg, num_items)
   cfg.loss.negatives = 'row'
   with pytest.raises(ValueError, match='exclude_seen.*position'):

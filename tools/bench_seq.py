@@ -14,10 +14,11 @@ there is the feature-rich session encoder, --model=sasrec its baseline).
 
 Overrides of the config for ablations: --loss, --num_negatives, --negatives,
 --exclude_seen, --embed_dim, --lr, --b2, --schedule, --dropout,
---attention, --max_len, --positions (from_end | from_start), --layout (pre_ln | sasrec), --buckets (training
-batch widths; 'none': every batch full width, batches mix history
-lengths), --valid_users, --select_metric, --train_windows (last | all);
---recipe=paper is SASRec's own recipe (configs/sasrec_ml1m.py:paper).
+--attention, --max_len, --positions (from_end | from_start), --layout
+(pre_ln | sasrec), --buckets (training batch widths; 'none': every batch
+full width, batches mix history lengths), --valid_users, --select_metric,
+--train_windows (last | all); --recipe=paper is SASRec's own recipe
+(configs/sasrec_ml1m.py:paper).
 
 The last stdout line is one JSON object: 'full', 'uniform100' and
 'popularity100' (hr@K, ndcg@K, mrr...), epochs, steps, train_s, epoch_s,
@@ -183,14 +184,14 @@ def main(argv):
   out['history'] = r['history']
   out['settings'] = dict(
       loss=c.loss.name, num_negatives=c.loss.num_negatives,
-      gbce_t=c.loss.gbce_t, exclude_seen=c.loss.get('exclude_seen', False),
+      gbce_t=c.loss.gbce_t, exclude_seen=c.loss.exclude_seen,
       embed_dim=c.model.embed_dim,
       num_blocks=c.model.num_blocks, max_len=c.model.max_len,
       attention=c.model.attention, dropout=c.model.dropout,
       positions=c.model.positions, layout=c.model.get('layout', 'pre_ln'),
       buckets=list(c.data.buckets),
       lr=c.optimizer.learning_rate, schedule=c.optimizer.schedule,
-      b2=c.optimizer.get('b2', 0.999),
+      b2=c.optimizer.b2,
       batch_size=c.train.batch_size, budget_minutes=_BUDGET.value,
       valid_users=c.data.get('valid_users', 0),
       select_metric=c.eval.select_metric,
