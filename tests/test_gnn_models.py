@@ -234,7 +234,7 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   cmd = [sys.executable, 'tools/bench_gnn.py', '--model=graphsage',
          f'--data={tmp_path}', '--steps=5', '--batch_size=64',
          '--fanouts=3,2', '--embed_dim=8', '--nonormalize',
-         '--temperature=1']
+         '--temperature=1', f'--workdir={tmp_path / "run"}']
   proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                         text=True, timeout=600, env=helpers.env_with())
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -242,3 +242,8 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   assert out['steps'] == 5 and 0 <= out['recall@20'] <= 1
   assert out['settings']['normalize'] is False
   assert 'cold_user_recall@20' not in out       # no cold slices in txt data
+  # A workdir with checkpoints would resume instead of measuring: refused.
+  again = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
+                         text=True, timeout=600, env=helpers.env_with())
+  assert again.returncode != 0
+  assert 'holds checkpoints of an earlier run' in again.stderr

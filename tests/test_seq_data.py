@@ -156,6 +156,34 @@ def test_batcher_is_deterministic_and_bucketed():
     assert set(np.flatnonzero(row) - 1) == set(want)
 
 
+def test_epoch_average_weighs_every_position_alike():
+  """loss.average='epoch': a batch's loss is its positions' sum over the
+  positions an average batch holds, so bucketed batches of short and of
+  long histories weigh each position the same; over an epoch the batches'
+  counts average to that normaliser (here every row is used)."""
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  from recjax.train import seq_trainer  # pylint: disable=g-import-not-at-top
+  rows = [(u, int(i), t) for u in range(48)
+          for t, i in enumerate(np.arange(2 + u) % 30)]
+  ds = Dataset('toy', 48, 30, train=_inter(rows), test=_inter(rows[:1]))
+  b = sequences.SequenceBatcher(sequences.train_sequences(ds, width=33),
+                                batch_size=8, buckets=(8, 16), seed=3)
+  cfg = lambda v: ConfigDict(dict(loss=dict(average=v),
+                                  model=dict(name='bert4rec')))
+  assert seq_trainer._epoch_normalizer(cfg('batch'), 'next', b) is None
+  per = seq_trainer._epoch_normalizer(cfg('epoch'), 'next', b)
+  counts = []
+  for step in range(b.steps_per_epoch):
+    x = b.batch(step)['item']
+    counts.append(((x[:, 1:] > 0) & (x[:, :-1] > 0)).sum())
+  assert len(set(counts)) > 1                       # short and long batches
+  np.testing.assert_allclose(np.mean(counts), per)
+  with pytest.raises(ValueError, match='loss.average'):
+    seq_trainer._epoch_normalizer(cfg('user'), 'next', b)
+  with pytest.raises(ValueError, match="loss.average='epoch'"):
+    seq_trainer._epoch_normalizer(cfg('epoch'), 'cloze', b)
+
+
 def test_tf_dataset_batches():
   pytest.importorskip('tensorflow')
   ds = _sasrec_dataset({u: list(range(u % 5, u % 5 + 6)) for u in range(10)})

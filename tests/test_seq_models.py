@@ -58,8 +58,10 @@ def test_blocked_causal_full_attention_is_exact(block):
   """The causal full kernel's block-skipping path (used above 2 blocks)
   gives the masked single call's outputs and gradients."""
   q, k, v, mask = _qkv_mask()
-  blocked = functools.partial(attention._full, causal=True, block=block)
-  single = functools.partial(attention._full, causal=True, block=T)
+  # jit: eagerly, every small op of the blocked path compiles on its own.
+  blocked = jax.jit(functools.partial(attention._full, causal=True,
+                                      block=block))
+  single = jax.jit(functools.partial(attention._full, causal=True, block=T))
   live = mask.copy()                        # queries with a key to attend
   np.testing.assert_allclose(np.asarray(blocked(q, k, v, mask))[live],
                              np.asarray(single(q, k, v, mask))[live],
@@ -70,6 +72,32 @@ def test_blocked_causal_full_attention_is_exact(block):
   g_single = jax.grad(loss(single), argnums=(0, 1, 2))(q, k, v)
   for a, b in zip(g_blocked, g_single):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@pytest.mark.parametrize('block', [4, T])
+def test_dropout_on_attention_weights(block):
+  """`drop` acts on the softmax weights: the identity gives plain softmax
+  attention (both causal paths), zeroing one key's weight removes exactly
+  that key's value from the sum, and other kernels refuse it."""
+  q, k, v, mask = _qkv_mask()
+  allowed = np.tril(np.ones((T, T), bool))[None] & mask[:, None, :]
+  live = mask.copy()
+  ref = _softmax_ref(q, k, v, allowed)
+  got = attention._full(q, k, v, mask, causal=True, block=block,
+                        drop=lambda p: p)
+  np.testing.assert_allclose(np.asarray(got)[live], ref[live], atol=1e-5)
+  # Drop key 6 (weights kept un-renormalised, as dropout does).
+  keep = (np.arange(T) != 6).astype(np.float32)
+  got = attention._full(q, k, v, mask, causal=True, block=block,
+                        drop=lambda p: p * keep[:p.shape[-1]])
+  s = np.einsum('btnh,bsnh->bnts', q, k) / np.sqrt(H)
+  p = np.exp(np.where(allowed[:, None], s, -1e30) - s.max(-1, keepdims=True))
+  p = np.where(allowed[:, None], p, 0)
+  p = p / np.maximum(p.sum(-1, keepdims=True), 1e-30)
+  want = np.einsum('bnts,bsnh->btnh', p * keep, v)
+  np.testing.assert_allclose(np.asarray(got)[live], want[live], atol=1e-5)
+  with pytest.raises(ValueError, match='attention_dropout'):
+    attention.attend(q, k, v, mask, kind='local', drop=lambda p: p)
 
 
 @pytest.mark.parametrize('causal', [True, False])
@@ -148,12 +176,10 @@ def _ln(x, eps=1e-6):
   return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps)
 
 
-def test_sasrec_layout_matches_the_papers_block():
-  """layout='sasrec': q from LN x, k/v from x, residual from LN x, ReLU."""
-  d = 8
-  model = SASRec(num_items=9, vocab_size=16, max_len=8, embed_dim=d,
-                 num_blocks=1, ff_dim=8, dropout=0.0, layout='sasrec')
-  items = _items()
+def _one_block_reference(model, items, d):
+  """A one-block, one-head model's parameters, its output h [B, T, D], and
+  numpy pieces to recompute it: dense(x, layer name), the mask, the
+  embedded input x [B, T, D] and causal attention attn(q, k, v)."""
   params = _init(model, {'item': items})
   h = np.asarray(jax.jit(model.apply)({'params': params}, {'item': items}))
   p = jax.tree.map(np.asarray, params)
@@ -162,13 +188,27 @@ def test_sasrec_layout_matches_the_papers_block():
   mask = np.asarray(items > 0)
   x = (p['item_embedding'][np.asarray(items)] * np.sqrt(d)
        + p['pos_embedding'][None]) * mask[..., None]
+  t = items.shape[1]
+  allowed = np.tril(np.ones((t, t), bool))[None] & mask[:, None, :]
+
+  def attn(q, k, v):
+    s = np.where(allowed, np.einsum('btd,bsd->bts', q, k) / np.sqrt(d),
+                 -1e30)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    return np.einsum('bts,bsd->btd', a / a.sum(-1, keepdims=True), v)
+  return params, h, dense, mask, x, attn
+
+
+def test_sasrec_layout_matches_the_papers_block():
+  """layout='sasrec': q from LN x, k/v from x, residual from LN x, ReLU."""
+  d = 8
+  model = SASRec(num_items=9, vocab_size=16, max_len=8, embed_dim=d,
+                 num_blocks=1, ff_dim=8, dropout=0.0, layout='sasrec')
+  items = _items()
+  params, h, dense, mask, x, attn = _one_block_reference(model, items, d)
   y = _ln(x)
-  q, k, v = dense(y, 'query'), dense(x, 'key'), dense(x, 'value')
-  allowed = np.tril(np.ones((8, 8), bool))[None] & mask[:, None, :]
-  s = np.where(allowed, np.einsum('btd,bsd->bts', q, k) / np.sqrt(d), -1e30)
-  a = np.exp(s - s.max(-1, keepdims=True))
-  a = np.einsum('bts,bsd->btd', a / a.sum(-1, keepdims=True), v)
-  x = y + dense(a, 'out')
+  x = y + dense(attn(dense(y, 'query'), dense(x, 'key'), dense(x, 'value')),
+                'out')
   y = _ln(x)
   x = y + dense(np.maximum(dense(y, 'ffn_in'), 0), 'ffn_out')
   x = x * mask[..., None]
@@ -182,6 +222,41 @@ def test_sasrec_layout_matches_the_papers_block():
   with pytest.raises(ValueError, match='model.layout'):
     SASRec(num_items=9, vocab_size=16, max_len=8, layout='post').init(
         jax.random.key(0), {'item': items})
+
+
+def test_post_ln_layout_matches_the_transformer_block():
+  """layout='post_ln' (pmixer's default): x = LN(x + Attn(x)), then
+  x = LN(x + FFN(x)) with ReLU; dropout on attention weights is active in
+  training only, and the position table takes its own init std."""
+  d = 8
+  model = SASRec(num_items=9, vocab_size=16, max_len=8, embed_dim=d,
+                 num_blocks=1, ff_dim=8, dropout=0.0, layout='post_ln',
+                 pos_init_std=0.5)
+  items = _items()
+  params, h, dense, mask, x, attn = _one_block_reference(model, items, d)
+  assert 0.3 < np.std(params['pos_embedding']) < 0.8
+  assert np.std(params['item_embedding']) < 0.05
+  x = _ln(x + dense(attn(dense(x, 'query'), dense(x, 'key'),
+                         dense(x, 'value')), 'out'))
+  x = _ln(x + dense(np.maximum(dense(x, 'ffn_in'), 0), 'ffn_out'))
+  want = _ln(x * mask[..., None])
+  np.testing.assert_allclose(h[mask], want[mask], atol=1e-4)
+
+  drop = SASRec(num_items=9, vocab_size=16, max_len=8, embed_dim=d,
+                num_blocks=1, ff_dim=8, dropout=0.5, layout='post_ln',
+                attention_dropout='weights')
+  run = lambda seed, train: np.asarray(drop.apply(
+      {'params': params}, {'item': items}, train=train,
+      rngs={'dropout': jax.random.key(seed)}))
+  np.testing.assert_allclose(run(0, False), h, atol=1e-5)
+  assert not np.allclose(run(0, True)[mask], run(1, True)[mask], atol=1e-3)
+  with pytest.raises(ValueError, match='attention_dropout'):
+    SASRec(num_items=9, vocab_size=16, max_len=8, attention='linear',
+           attention_dropout='weights').init(jax.random.key(0),
+                                             {'item': items})
+  with pytest.raises(ValueError, match='attention_dropout'):
+    SASRec(num_items=9, vocab_size=16, max_len=8,
+           attention_dropout='keys').init(jax.random.key(0), {'item': items})
 
 
 def test_bert4rec_is_bidirectional_with_bias_dimension():

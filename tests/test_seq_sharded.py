@@ -79,8 +79,10 @@ def test_sasrec_one_vs_eight_devices(tmp_path):
 
 def test_sasrec_paper_variant_is_bce_and_trains(tmp_path):
   """configs/sasrec_ml1m.py:paper is SASRec's own recipe (BCE, one
-  negative per position, D=50); with the paper's block layout and every
-  window of the histories it trains through the launcher."""
+  negative per position, D=50) with SASRec's PyTorch blocks (post-LN,
+  dropout on attention weights) and positions weighed alike across
+  length buckets; with every window of the histories it trains through
+  the launcher."""
   sys.path.insert(0, os.path.join(REPO, 'configs'))
   import sasrec_ml1m  # pylint: disable=g-import-not-at-top
   c = sasrec_ml1m.get_config('paper')
@@ -88,14 +90,15 @@ def test_sasrec_paper_variant_is_bce_and_trains(tmp_path):
       'bce', 1, 'position')
   assert c.loss.exclude_seen and not sasrec_ml1m.get_config().loss.exclude_seen
   assert c.model.embed_dim == 50 and c.optimizer.learning_rate == 1e-3
+  assert (c.model.layout, c.model.attention_dropout, c.loss.average,
+          c.optimizer.b2) == ('post_ln', 'weights', 'epoch', 0.98)
   assert sasrec_ml1m.get_config().loss.name == 'full_softmax'
   with pytest.raises(ValueError, match='sasrec_ml1m.py:bpr'):
     sasrec_ml1m.get_config('bpr')
   data = write_sasrec_file(tmp_path / 'toy.txt')
   r, _ = run_main(tmp_path / 'paper', 'configs/sasrec_ml1m.py:paper',
                   tiny_overrides(
-                      data, '--config.model.layout=sasrec',
-                      '--config.eval.select_metric=uniform20_ndcg@10',
+                      data, '--config.eval.select_metric=uniform20_ndcg@10',
                       '--config.data.train_windows=all'),
                   devices=1)
   assert r['steps'] == 6 and np.isfinite(r['loss'])

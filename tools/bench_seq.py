@@ -13,9 +13,10 @@ user; leave-last-out split), a directory holding one such .txt file, or
 there is the feature-rich session encoder, --model=sasrec its baseline).
 
 Overrides of the config for ablations: --loss, --num_negatives, --negatives,
---exclude_seen, --embed_dim, --lr, --b2, --schedule, --dropout,
+--exclude_seen, --loss_average, --embed_dim, --lr, --b2, --schedule, --dropout,
 --attention, --max_len, --positions (from_end | from_start), --layout
-(pre_ln | sasrec), --buckets (training batch widths; 'none': every batch
+(pre_ln | sasrec | post_ln), --attention_dropout (output | weights),
+--pos_init_std, --buckets (training batch widths; 'none': every batch
 full width, batches mix history lengths), --valid_users, --select_metric,
 --train_windows (last | all); --recipe=paper is SASRec's own recipe
 (configs/sasrec_ml1m.py:paper).
@@ -55,6 +56,9 @@ _NEG_MODE = flags.DEFINE_enum('negatives', None, ['row', 'position'],
 _EXCLUDE_SEEN = flags.DEFINE_bool(
     'exclude_seen', None, "Position negatives avoid the user's training "
     "items (SASRec's sampler; on in --recipe=paper).")
+_AVERAGE = flags.DEFINE_enum(
+    'loss_average', None, ['batch', 'epoch'], "loss.average: the loss's "
+    "denominator, the batch's positions or an average batch's.")
 _DIM = flags.DEFINE_integer('embed_dim', None, 'Hidden size.')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate.')
 _SCHEDULE = flags.DEFINE_enum('schedule', None,
@@ -69,9 +73,14 @@ _ATTENTION = flags.DEFINE_enum('attention', None, ['full', 'local', 'linear'],
 _MAX_LEN = flags.DEFINE_integer('max_len', None, 'History window.')
 _POSITIONS = flags.DEFINE_enum('positions', None, ['from_end', 'from_start'],
                                'Where position embeddings count from.')
-_LAYOUT = flags.DEFINE_enum('layout', None, ['pre_ln', 'sasrec'],
+_LAYOUT = flags.DEFINE_enum('layout', None, ['pre_ln', 'sasrec', 'post_ln'],
                             "Where the blocks' norms sit "
                             '(models/attention.py Block).')
+_ATTN_DROPOUT = flags.DEFINE_enum(
+    'attention_dropout', None, ['output', 'weights'], "What the attention "
+    "sublayer's dropout hits (model.attention_dropout).")
+_POS_STD = flags.DEFINE_float('pos_init_std', None, "Std of the position "
+                              "table's init (model.pos_init_std).")
 _BUCKETS = flags.DEFINE_list('buckets', None, 'Training batch widths below '
                              "the full one ('none': every batch full width).")
 _VALID_USERS = flags.DEFINE_integer(
@@ -133,6 +142,7 @@ def _config():
                            (_NEG, c.loss, 'num_negatives'),
                            (_NEG_MODE, c.loss, 'negatives'),
                            (_EXCLUDE_SEEN, c.loss, 'exclude_seen'),
+                           (_AVERAGE, c.loss, 'average'),
                            (_DIM, c.model, 'embed_dim'),
                            (_DIM, c.model, 'ff_dim'),
                            (_LR, c.optimizer, 'learning_rate'),
@@ -143,6 +153,8 @@ def _config():
                            (_MAX_LEN, c.model, 'max_len'),
                            (_POSITIONS, c.model, 'positions'),
                            (_LAYOUT, c.model, 'layout'),
+                           (_ATTN_DROPOUT, c.model, 'attention_dropout'),
+                           (_POS_STD, c.model, 'pos_init_std'),
                            (_VALID_USERS, c.data, 'valid_users'),
                            (_SELECT, c.eval, 'select_metric'),
                            (_WINDOWS, c.data, 'train_windows')):
@@ -161,11 +173,20 @@ def _config():
   return c
 
 
+def _require_fresh(workdir: str) -> None:
+  from recjax.train import checkpoint
+  try:
+    checkpoint.require_fresh(workdir)
+  except ValueError as e:
+    raise app.UsageError(f'--workdir={workdir}: {e}') from None
+
+
 def main(argv):
   del argv
   from recjax.train import seq_trainer
   c = _config()
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix='bench_seq_')
+  _require_fresh(workdir)
   r = seq_trainer.train_and_evaluate(c, workdir)
   ks = tuple(c.eval.ks)
   full = {f'{m}@{k}': r[f'{m}@{k}'] for k in ks
@@ -185,10 +206,13 @@ def main(argv):
   out['settings'] = dict(
       loss=c.loss.name, num_negatives=c.loss.num_negatives,
       gbce_t=c.loss.gbce_t, exclude_seen=c.loss.exclude_seen,
+      loss_average=c.loss.average,
       embed_dim=c.model.embed_dim,
       num_blocks=c.model.num_blocks, max_len=c.model.max_len,
       attention=c.model.attention, dropout=c.model.dropout,
       positions=c.model.positions, layout=c.model.get('layout', 'pre_ln'),
+      attention_dropout=c.model.get('attention_dropout', 'output'),
+      pos_init_std=c.model.get('pos_init_std', None),
       buckets=list(c.data.buckets),
       lr=c.optimizer.learning_rate, schedule=c.optimizer.schedule,
       b2=c.optimizer.b2,

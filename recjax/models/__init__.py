@@ -20,7 +20,9 @@ def _sequence_args(cfg, sizes) -> dict:
       dropout=cfg.dropout, attention=cfg.attention, window=cfg.window,
       chunk=cfg.chunk, init_std=cfg.init_std,
       positions=cfg.get('positions', 'from_end'),
-      layout=cfg.get('layout', 'pre_ln'))
+      layout=cfg.get('layout', 'pre_ln'),
+      attention_dropout=cfg.get('attention_dropout', 'output'),
+      pos_init_std=cfg.get('pos_init_std', None))
 
 
 # name -> constructor(model_config, dataset_sizes) -> flax module

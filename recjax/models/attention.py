@@ -29,24 +29,39 @@ import jax.numpy as jnp
 KINDS = ('full', 'local', 'linear')
 
 
-def _full(q, k, v, mask, causal, block=64):
+def _softmax_attention(q, k, v, m, drop):
+  """Softmax attention with `drop` applied to the attention weights
+  (torch's nn.MultiheadAttention dropout, which SASRec's code uses);
+  q [B, S, N, H], k and v [B, T, N, H], m bool [B, 1, S, T]."""
+  s = jnp.einsum('bsnh,btnh->bnst', q, k) / math.sqrt(q.shape[-1])
+  p = jax.nn.softmax(jnp.where(m, s, -1e30), axis=-1)
+  return jnp.einsum('bnst,btnh->bsnh', drop(p), v)
+
+
+def _full(q, k, v, mask, causal, block=64, drop=None):
   """Exact softmax attention. Causal attention over more than two blocks
   of `block` queries skips the key blocks above the diagonal: query block
   i attends to keys [0, end of block i), which at T = 200 computes 65% of
-  the T x T scores (and their gradients) that one masked call would."""
+  the T x T scores (and their gradients) that one masked call would.
+  `drop`, if given, is applied to the attention weights (jax.nn's
+  dot_product_attention has no dropout, so that path computes them)."""
   t = q.shape[1]
+  if drop is None:
+    attn = lambda q, k, v, m: jax.nn.dot_product_attention(
+        q, k, v, mask=m, implementation='xla')
+  else:
+    attn = lambda q, k, v, m: _softmax_attention(q, k, v, m, drop)
   if not causal or t <= 2 * block:
     m = mask[:, None, None, :]                      # [B, 1, 1, T] keys
-    return jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=causal,
-                                        implementation='xla')
+    if causal:
+      m = m & jnp.tril(jnp.ones((t, t), bool))[None, None]
+    return attn(q, k, v, m)
   outs = []
   for start in range(0, t, block):
     end = min(t, start + block)
     allowed = (jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None])
     m = mask[:, None, None, :end] & allowed[None, None]   # [B, 1, w, end]
-    outs.append(jax.nn.dot_product_attention(
-        q[:, start:end], k[:, :end], v[:, :end], mask=m,
-        implementation='xla'))
+    outs.append(attn(q[:, start:end], k[:, :end], v[:, :end], m))
   return jnp.concatenate(outs, axis=1)
 
 
@@ -111,7 +126,7 @@ def _linear(q, k, v, mask, causal, chunk, eps=1e-6):
 
 
 def attend(q, k, v, mask, *, kind: str = 'full', causal: bool = True,
-           window: int = 64, chunk: int = 64) -> jax.Array:
+           window: int = 64, chunk: int = 64, drop=None) -> jax.Array:
   """Attention of q over (k, v), one function for every kernel.
 
   Args:
@@ -121,13 +136,18 @@ def attend(q, k, v, mask, *, kind: str = 'full', causal: bool = True,
     causal: position i sees only j <= i.
     window: the local kernel's window w.
     chunk: the causal linear kernel's chunk c.
+    drop: None, or a function applied to the attention weights
+      [B, N, T, T] (dropout on them; the 'full' kernel only).
 
   Returns:
     [B, T, N, H]. Rows of queries with no allowed key are finite garbage;
     callers mask them.
   """
   if kind == 'full':
-    return _full(q, k, v, mask, causal)
+    return _full(q, k, v, mask, causal, drop=drop)
+  if drop is not None:
+    raise ValueError(f"model.attention_dropout='weights' needs "
+                     f"model.attention='full', not {kind!r}")
   if kind == 'local':
     return _local(q, k, v, mask, causal, window)
   if kind == 'linear':
@@ -167,7 +187,8 @@ def _dense(features, axes, name):
           nn.with_logical_partitioning(nn.initializers.zeros, axes[1:])))
 
 
-LAYOUTS = ('pre_ln', 'sasrec')
+LAYOUTS = ('pre_ln', 'sasrec', 'post_ln')
+ATTENTION_DROPOUT = ('output', 'weights')
 
 
 class Block(nn.Module):
@@ -175,11 +196,18 @@ class Block(nn.Module):
 
   pre_ln  x + Attn(LN x), then x + FFN(LN x) with GELU (BERT4Rec's and most
           current encoders' layout).
-  sasrec  Kang & McAuley's (and pmixer's): queries come from LN x, keys
+  sasrec  Kang & McAuley's TensorFlow code: queries come from LN x, keys
           and values from x itself, and the residual runs from the
           normalised input: y = LN x; x = y + Attn(q=y, kv=x); then
-          y = LN x; x = y + FFN(y) with ReLU. (Their dropout on attention
-          weights is left out: jax.nn.dot_product_attention has none.)
+          y = LN x; x = y + FFN(y) with ReLU.
+  post_ln the original transformer's, and pmixer/SASRec.pytorch's default
+          (norm_first=False): x = LN(x + Attn(x)); x = LN(x + FFN(x)) with
+          ReLU.
+
+  `attention_dropout` says what dropout hits in the attention sublayer:
+  its 'output' (before the residual sum) or its 'weights' (the softmax
+  probabilities, as torch's nn.MultiheadAttention does in SASRec's code;
+  the 'full' kernel only).
   """
   num_heads: int
   ff_dim: int
@@ -189,29 +217,41 @@ class Block(nn.Module):
   window: int
   chunk: int
   layout: str = 'pre_ln'
+  attention_dropout: str = 'output'
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
     b, t, d = x.shape
     n = self.num_heads
-    sasrec = self.layout == 'sasrec'
+    sasrec, post = self.layout == 'sasrec', self.layout == 'post_ln'
     drop = Dropout(self.dropout, deterministic=not train)
-    y = nn.LayerNorm(name='ln_attn')(x)
+    on_weights = self.attention_dropout == 'weights'
+    ln_attn = nn.LayerNorm(name='ln_attn')
+    y = x if post else ln_attn(x)
     kv_in = x if sasrec else y
     # Three projections rather than one fused [D, 3D]: slicing the fused
     # output costs XLA:CPU strided copies forward and backward.
     q, k, v = (_dense(d, ('embed', 'mlp'), name)(inp).reshape(b, t, n, d // n)
                for name, inp in (('query', y), ('key', kv_in),
                                  ('value', kv_in)))
+    weights_drop = None
+    if on_weights and train and self.dropout > 0:
+      weights_drop = Dropout(self.dropout, deterministic=False)
     a = attend(q, k, v, mask, kind=self.kind, causal=self.causal,
-               window=self.window, chunk=self.chunk)
+               window=self.window, chunk=self.chunk, drop=weights_drop)
     a = _dense(d, ('mlp', 'embed'), 'out')(a.reshape(b, t, d))
-    x = (y if sasrec else x) + drop(a)
-    y = nn.LayerNorm(name='ln_ffn')(x)
-    act = nn.relu if sasrec else nn.gelu
+    a = a if on_weights else drop(a)
+    ln_ffn = nn.LayerNorm(name='ln_ffn')
+    if post:
+      x = ln_attn(x + a)
+      y = x
+    else:
+      x = (y if sasrec else x) + a
+      y = ln_ffn(x)
+    act = nn.gelu if self.layout == 'pre_ln' else nn.relu
     h = act(_dense(self.ff_dim, ('embed', 'mlp'), 'ffn_in')(y))
-    h = _dense(d, ('mlp', 'embed'), 'ffn_out')(drop(h))
-    x = (y if sasrec else x) + drop(h)
+    h = drop(_dense(d, ('mlp', 'embed'), 'ffn_out')(drop(h)))
+    x = ln_ffn(x + h) if post else (y if sasrec else x) + h
     # Padding rows stay zero (SASRec's timeline mask).
     return x * mask[..., None]
 
@@ -220,7 +260,8 @@ class Encoder(nn.Module):
   """Dropout on the input, `num_blocks` Blocks, a final LayerNorm.
 
   Attributes: see Block; kind is the attention kernel (KINDS), layout where
-  the norms sit (LAYOUTS).
+  the norms sit (LAYOUTS), attention_dropout what the attention sublayer's
+  dropout hits (ATTENTION_DROPOUT).
   """
   num_blocks: int = 2
   num_heads: int = 1
@@ -231,6 +272,7 @@ class Encoder(nn.Module):
   window: int = 64
   chunk: int = 64
   layout: str = 'pre_ln'
+  attention_dropout: str = 'output'
 
   @nn.compact
   def __call__(self, x, mask, train: bool = False):
@@ -241,10 +283,16 @@ class Encoder(nn.Module):
     if self.layout not in LAYOUTS:
       raise ValueError(f'model.layout={self.layout!r} is not one of '
                        f'{list(LAYOUTS)}')
+    if self.attention_dropout not in ATTENTION_DROPOUT:
+      raise ValueError(f'model.attention_dropout={self.attention_dropout!r} '
+                       f'is not one of {list(ATTENTION_DROPOUT)}')
+    if self.attention_dropout == 'weights' and self.kind != 'full':
+      raise ValueError("model.attention_dropout='weights' needs "
+                       f"model.attention='full', not {self.kind!r}")
     x = Dropout(self.dropout, deterministic=not train)(x)
     x = x * mask[..., None]
     for i in range(self.num_blocks):
       x = Block(self.num_heads, self.ff_dim, self.dropout, self.kind,
                 self.causal, self.window, self.chunk, self.layout,
-                name=f'block{i}')(x, mask, train)
+                self.attention_dropout, name=f'block{i}')(x, mask, train)
     return nn.LayerNorm(name='ln_out')(x)

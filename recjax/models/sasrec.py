@@ -49,8 +49,12 @@ class SASRec(nn.Module):
     causal: False gives a bidirectional encoder.
     init_std: std of the embedding tables' normal init.
     positions: 'from_end' | 'from_start' (see the module docstring).
-    layout: 'pre_ln' | 'sasrec', where the blocks' norms sit
+    layout: 'pre_ln' | 'sasrec' | 'post_ln', where the blocks' norms sit
       (models.attention.Block).
+    attention_dropout: 'output' | 'weights', what the attention sublayer's
+      dropout hits (models.attention.Block).
+    pos_init_std: std of the position table's init (None: init_std).
+      SASRec's code initialises it xavier-normal: sqrt(2 / (L + 1 + D)).
   """
   num_items: int
   vocab_size: int
@@ -67,16 +71,20 @@ class SASRec(nn.Module):
   init_std: float = 0.02
   positions: str = 'from_end'
   layout: str = 'pre_ln'
+  attention_dropout: str = 'output'
+  pos_init_std: float | None = None
 
   def setup(self):
     d = self.embed_dim
     self.item_embedding = embedding(self, 'item_embedding', self.vocab_size,
                                     d, self.init_std)
+    pos_std = self.init_std if self.pos_init_std is None else self.pos_init_std
     self.pos_embedding = embedding(self, 'pos_embedding', self.max_len, d,
-                                   self.init_std, ('seq', 'embed'))
+                                   pos_std, ('seq', 'embed'))
     self.encoder = Encoder(self.num_blocks, self.num_heads, self.ff_dim,
                            self.dropout, self.attention, self.causal,
-                           self.window, self.chunk, self.layout)
+                           self.window, self.chunk, self.layout,
+                           self.attention_dropout)
 
   def embed_inputs(self, inputs: dict) -> jax.Array:
     """Per-position input vectors [B, T, D] before position embeddings."""

@@ -115,6 +115,29 @@ def _negatives(rng, cfg, target, pool, seen=None):
   return neg, ok.astype(jnp.float32)
 
 
+AVERAGES = ('batch', 'epoch')
+
+
+def _epoch_normalizer(cfg, objective: str, batcher) -> float | None:
+  """loss.average: 'batch' (None here) averages over the batch's own
+  positions; 'epoch' divides their sum by the positions an average batch
+  of the epoch holds. Length buckets make batches of short histories and
+  of long ones; under 'batch' a short history's positions weigh several
+  times a long one's, under 'epoch' every position weighs the same, as in
+  batches that mix lengths (SASRec's code). Next-item objectives only."""
+  average = cfg.loss.get('average', 'batch')
+  if average not in AVERAGES:
+    raise ValueError(f'loss.average={average!r} is not one of '
+                     f'{list(AVERAGES)}')
+  if average == 'batch':
+    return None
+  if objective != 'next':
+    raise ValueError("loss.average='epoch' weighs next-item positions; "
+                     f"model.name={cfg.model.name!r} trains by Cloze")
+  targets = np.maximum(batcher.seqs.length - 1, 0)
+  return float(targets.mean() * batcher.batch_size)
+
+
 def _score_and_loss(module, q, target, mask, rng, cfg, pool, seen=None):
   """Loss of queries q [B, T, D'] against target ids [B, T] (module bound);
   sampled negatives come from the ids in `pool` (and avoid `seen`, see
@@ -436,6 +459,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       raise ValueError(f'eval.select_metric={config.eval.select_metric!r} is '
                        f'not one of the validation metrics {sorted(names)}')
   exclude_seen = check_exclude_seen(config, ds.num_items)
+  positions_per_batch = _epoch_normalizer(config, objective, batcher)
   data_s = time.perf_counter() - t0
   logging.info('data %s, %d training sequences, widths %s in %.1fs',
                ds.summary(), len(batcher.seqs.users), batcher.widths, data_s)
@@ -468,6 +492,10 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     loss = model.apply({'params': params}, batch, obj_rng, config,
                        pool, seen, method=objective_fn,
                        rngs={'dropout': drop_rng})
+    if positions_per_batch:
+      items = batch['item']
+      n = jnp.sum((items[:, 1:] > 0) & (items[:, :-1] > 0))
+      loss = loss * n / positions_per_batch
     return loss, dict(loss=loss)
 
   def train_step(state, batch, lr):
