@@ -56,6 +56,8 @@ def get_config(model: str = 'graphsage'):
   c.optimizer.learning_rate = 2e-3
   c.optimizer.schedule = 'cosine'
   c.train.batch_size = 512
+  # GraphSAGE, 15-minute budget, evaluated at 30 x 15: 3 epochs gave
+  # Recall@20 0.1066, 8 epochs 0.1014 (cold users 0.178 -> 0.186).
   c.train.num_epochs = 3
   c.train.checkpoint_every_steps = 500
   c.eval.embed_chunk = 2048
