@@ -156,14 +156,17 @@ def _score_and_loss(module, q, target, mask, rng, cfg, pool, seen=None):
                             t=cfg.loss.gbce_t, neg_mask=neg_mask)
 
 
-def _next_item(module, batch, rng, cfg, pool, seen=None):
-  """Every position predicts the next item of the window."""
+def _next_item(module, batch, rng, cfg, pool, seen=None, per_batch=None):
+  """Every position predicts the next item of the window. `per_batch`
+  (loss.average='epoch', `_epoch_normalizer`): the loss is the positions'
+  sum over that count instead of their mean."""
   inputs = {f: x[:, :-1] for f, x in batch.items()}
   target = batch['item'][:, 1:]
   mask = ((target > 0) & (inputs['item'] > 0)).astype(jnp.float32)
   h = module(inputs, train=True)
-  return _score_and_loss(module, module.query(h), target, mask, rng, cfg,
+  loss = _score_and_loss(module, module.query(h), target, mask, rng, cfg,
                          pool, seen)
+  return loss if per_batch is None else loss * jnp.sum(mask) / per_batch
 
 
 def cloze_positions(rng, items, ratio: float):
@@ -191,8 +194,10 @@ def cloze_positions(rng, items, ratio: float):
   return pos, chosen, is_masked
 
 
-def _cloze(module, batch, rng, cfg, pool, seen=None):
-  """Masked items predicted from both sides (module bound)."""
+def _cloze(module, batch, rng, cfg, pool, seen=None, per_batch=None):
+  """Masked items predicted from both sides (module bound). per_batch is
+  always None: `_epoch_normalizer` refuses loss.average='epoch' here."""
+  del per_batch
   items = batch['item']
   pick_rng, neg_rng = jax.random.split(rng)
   pos, chosen, is_masked = cloze_positions(pick_rng, items,
@@ -490,12 +495,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
     batch = dict(batch)
     seen = batch.pop(SEEN, None)
     loss = model.apply({'params': params}, batch, obj_rng, config,
-                       pool, seen, method=objective_fn,
+                       pool, seen, positions_per_batch, method=objective_fn,
                        rngs={'dropout': drop_rng})
-    if positions_per_batch:
-      items = batch['item']
-      n = jnp.sum((items[:, 1:] > 0) & (items[:, :-1] > 0))
-      loss = loss * n / positions_per_batch
     return loss, dict(loss=loss)
 
   def train_step(state, batch, lr):
