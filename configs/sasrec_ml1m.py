@@ -27,6 +27,8 @@ SASRec's sampler, negatives redrawn outside the user's training items
 0.826 against 0.818; 0.831 at 220) but test stays: 0.7998 / 0.5726.
 Matched per epoch to SASRec's PyTorch code (the comment in get_config),
 60 minutes gave 0.8179 / 0.5932 (validation 0.848, 257 epochs).
+Variant 'uniform100' trains that recipe by sampled softmax over 16 uniform
+negatives per position: 60 minutes gave 0.8273 / 0.6124 (163 epochs).
 gSASRec's split (the default here, data.valid_users = 512): validation
 events for 512 users only, everyone else trains on all but the test event;
 SASRec's split (--config.data.valid_users=0) validates every user.
@@ -126,7 +128,8 @@ def sequence_config() -> ml_collections.ConfigDict:
 def get_config(variant: str = 'softmax'):
   """'softmax' (the default): full-ranking recipe; 'paper': SASRec's own
   (BCE with one negative per position, D=50, dropout 0.2, lr 1e-3), the
-  recipe of the paper's sampled uniform100 figures."""
+  recipe of the paper's sampled uniform100 figures; 'uniform100': 'paper'
+  trained by sampled softmax over 16 uniform negatives per position."""
   c = sequence_config()
   if variant == 'paper':
     c.loss.name = 'bce'
@@ -155,9 +158,21 @@ def get_config(variant: str = 'softmax'):
     c.data.valid_users = 0
     c.eval.select_metric = 'uniform100_ndcg@10'
     return c
+  if variant == 'uniform100':
+    # The paper's model, split, sampler and selection, trained for the
+    # protocol it is scored by: the true next item against 16 negatives
+    # drawn uniformly per position (sampled softmax), where the paper's
+    # BCE sees one. 20-epoch probes (README): validation uniform100 HR@10
+    # 0.818 against BCE's 0.788, test 0.791 against 0.775; 64 negatives
+    # learned no faster per epoch at 2.2x the step. 60 minutes: test
+    # uniform100 HR@10 0.8273, NDCG@10 0.6124 (BCE: 0.8179 / 0.5932).
+    c = get_config('paper')
+    c.loss.name = 'sampled_softmax'
+    c.loss.num_negatives = 16
+    return c
   if variant != 'softmax':
-    raise ValueError(f"configs/sasrec_ml1m.py:{variant}: expected 'softmax' "
-                     "or 'paper'")
+    raise ValueError(f"configs/sasrec_ml1m.py:{variant}: expected 'softmax', "
+                     "'paper' or 'uniform100'")
   c.loss.name = 'full_softmax'
   # 3x the common 1e-3: twice the validation NDCG after 10 epochs, the
   # same test figures in half the epochs.

@@ -93,6 +93,13 @@ def test_sasrec_paper_variant_is_bce_and_trains(tmp_path):
   assert (c.model.layout, c.model.attention_dropout, c.loss.average,
           c.optimizer.b2) == ('post_ln', 'weights', 'epoch', 0.98)
   assert sasrec_ml1m.get_config().loss.name == 'full_softmax'
+  # 'uniform100' is 'paper' with its loss alone swapped for sampled softmax
+  # over 16 uniform negatives per position.
+  u = sasrec_ml1m.get_config('uniform100')
+  assert (u.loss.name, u.loss.num_negatives, u.loss.negatives) == (
+      'sampled_softmax', 16, 'position')
+  u.loss.name, u.loss.num_negatives = c.loss.name, c.loss.num_negatives
+  assert u.to_dict() == c.to_dict()
   with pytest.raises(ValueError, match='sasrec_ml1m.py:bpr'):
     sasrec_ml1m.get_config('bpr')
   data = write_sasrec_file(tmp_path / 'toy.txt')

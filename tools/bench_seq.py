@@ -19,7 +19,8 @@ Overrides of the config for ablations: --loss, --num_negatives, --negatives,
 --pos_init_std, --buckets (training batch widths; 'none': every batch
 full width, batches mix history lengths), --valid_users, --select_metric,
 --train_windows (last | all); --recipe=paper is SASRec's own recipe
-(configs/sasrec_ml1m.py:paper).
+(configs/sasrec_ml1m.py:paper), --recipe=uniform100 the same trained by
+sampled softmax over 16 uniform negatives per position.
 
 The last stdout line is one JSON object: 'full', 'uniform100' and
 'popularity100' (hr@K, ndcg@K, mrr...), epochs, steps, train_s, epoch_s,
@@ -92,9 +93,11 @@ _WINDOWS = flags.DEFINE_enum(
     "max_len also train on their earlier windows (the default of SASRec's "
     "softmax config); 'last': each user's last max_len events only.")
 _RECIPE = flags.DEFINE_enum(
-    'recipe', 'softmax', ['softmax', 'paper'],
+    'recipe', 'softmax', ['softmax', 'paper', 'uniform100'],
     "SASRec on a txt file: configs/sasrec_ml1m.py's variant ('paper': "
-    'BCE with one negative per position, selected on uniform100).')
+    'BCE with one negative per position, selected on uniform100; '
+    "'uniform100': the same trained by sampled softmax over 16 uniform "
+    'negatives per position).')
 _SELECT = flags.DEFINE_string('select_metric', None, 'Validation metric '
                               "that picks the tested epoch, e.g. 'ndcg@10', "
                               "'uniform100_ndcg@10'.")
