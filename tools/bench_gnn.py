@@ -120,14 +120,6 @@ def _config():
   return c
 
 
-def _require_fresh(workdir: str) -> None:
-  from recjax.train import checkpoint
-  try:
-    checkpoint.require_fresh(workdir)
-  except ValueError as e:
-    raise app.UsageError(f'--workdir={workdir}: {e}') from None
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -137,7 +129,8 @@ def main(argv):
   else:
     from recjax.train import gnn_trainer as chosen
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix='bench_gnn_')
-  _require_fresh(workdir)
+  from recjax.train import checkpoint
+  checkpoint.require_fresh(workdir, error=app.UsageError)
   r = chosen.train_and_evaluate(c, workdir)
   out = dict(model=_MODEL.value, data=_DATA.value)
   out.update({k: r[k] for k in KEYS if k in r})

@@ -176,20 +176,13 @@ def _config():
   return c
 
 
-def _require_fresh(workdir: str) -> None:
-  from recjax.train import checkpoint
-  try:
-    checkpoint.require_fresh(workdir)
-  except ValueError as e:
-    raise app.UsageError(f'--workdir={workdir}: {e}') from None
-
-
 def main(argv):
   del argv
   from recjax.train import seq_trainer
   c = _config()
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix='bench_seq_')
-  _require_fresh(workdir)
+  from recjax.train import checkpoint
+  checkpoint.require_fresh(workdir, error=app.UsageError)
   r = seq_trainer.train_and_evaluate(c, workdir)
   ks = tuple(c.eval.ks)
   full = {f'{m}@{k}': r[f'{m}@{k}'] for k in ks

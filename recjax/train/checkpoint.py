@@ -24,17 +24,18 @@ def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(path, options=options)
 
 
-def require_fresh(workdir: str) -> None:
-  """Raises ValueError if `workdir/checkpoints` holds a step. Training
-  resumes from one, which a benchmark must not: its figures would come
-  from an earlier run (with, maybe, another config)."""
+def require_fresh(workdir: str, error: type[Exception] = ValueError) -> None:
+  """Raises `error` (a command line passes absl's app.UsageError) if
+  `workdir/checkpoints` holds a step. Training resumes from one, which a
+  benchmark must not: its figures would come from an earlier run (with,
+  maybe, another config)."""
   path = os.path.join(workdir, 'checkpoints')
   steps = sorted(int(n) for n in os.listdir(path)
                  if n.isdigit()) if os.path.isdir(path) else []
   if steps:
-    raise ValueError(f'{path} holds checkpoints of an earlier run (latest '
-                     f'step {steps[-1]}) that training would resume from; '
-                     'pass a new --workdir or remove that one')
+    raise error(f'{path} holds checkpoints of an earlier run (latest '
+                f'step {steps[-1]}) that training would resume from; '
+                'pass a new --workdir or remove that one')
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any,
