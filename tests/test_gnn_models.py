@@ -234,16 +234,23 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   cmd = [sys.executable, 'tools/bench_gnn.py', '--model=graphsage',
          f'--data={tmp_path}', '--steps=5', '--batch_size=64',
          '--fanouts=3,2', '--embed_dim=8', '--nonormalize',
-         '--temperature=1', f'--workdir={tmp_path / "run"}']
+         '--temperature=1', '--id_dropout=0',
+         f'--workdir={tmp_path / "run"}']
   proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                         text=True, timeout=600, env=helpers.env_with())
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out['steps'] == 5 and 0 <= out['recall@20'] <= 1
   assert out['settings']['normalize'] is False
+  assert out['settings']['id_dropout'] == 0
   assert 'cold_user_recall@20' not in out       # no cold slices in txt data
   # A workdir with checkpoints would resume instead of measuring: refused.
   again = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                          text=True, timeout=600, env=helpers.env_with())
   assert again.returncode != 0
   assert 'holds checkpoints of an earlier run' in again.stderr
+  # A probability outside [0, 1) is named before any data is read.
+  bad = subprocess.run(cmd[:-1] + ['--id_dropout=1.5'], cwd=helpers.REPO,
+                       capture_output=True, text=True, timeout=600,
+                       env=helpers.env_with())
+  assert bad.returncode != 0 and '--id_dropout=1.5' in bad.stderr

@@ -45,6 +45,10 @@ _EVAL_FANOUTS = flags.DEFINE_list(
     'eval_fanouts', None, 'Per-hop fan-outs at evaluation (wider '
     'neighbourhoods, less sampling noise). Default: the training ones.')
 _DIM = flags.DEFINE_integer('embed_dim', None, 'Default: config.')
+_ID_DROPOUT = flags.DEFINE_float(
+    'id_dropout', None, 'Training-time probability of hiding a node id '
+    '(the cold-start path; datasets without content gain nothing from it). '
+    'Default: config.')
 _NORMALIZE = flags.DEFINE_bool('normalize', None, 'Unit-vector (cosine) '
                                'embeddings; --nonormalize scores by dot '
                                'product. Default: config.')
@@ -77,6 +81,9 @@ def _config():
     if _FANOUTS.value or _EVAL_FANOUTS.value:
       raise app.UsageError('--fanouts / --eval_fanouts: lightgcn propagates '
                            'over whole neighbourhoods, it samples none')
+    if _ID_DROPOUT.value is not None:
+      raise app.UsageError('--id_dropout: lightgcn has no content path, so '
+                           'it never hides ids')
     if on_path:
       import lightgcn_gowalla
       c = lightgcn_gowalla.get_config()
@@ -90,6 +97,9 @@ def _config():
       c.graph.fanouts = tuple(int(f) for f in _FANOUTS.value)
     if _EVAL_FANOUTS.value:
       c.graph.eval_fanouts = tuple(int(f) for f in _EVAL_FANOUTS.value)
+  if _ID_DROPOUT.value is not None and not 0 <= _ID_DROPOUT.value < 1:
+    raise app.UsageError(f'--id_dropout={_ID_DROPOUT.value}: want a '
+                         'probability in [0, 1)')
   if on_path:
     if not os.path.isdir(_DATA.value):
       raise app.UsageError(f'--data={_DATA.value}: not a directory (want '
@@ -105,6 +115,7 @@ def _config():
                            (_STEPS, c.train, 'num_steps'),
                            (_BATCH, c.train, 'batch_size'),
                            (_DIM, c.model, 'embed_dim'),
+                           (_ID_DROPOUT, c.model, 'id_dropout'),
                            (_NORMALIZE, c.loss, 'normalize'),
                            (_TEMPERATURE, c.loss, 'temperature'),
                            (_NEG, c.loss, 'num_negatives'),
@@ -138,6 +149,7 @@ def main(argv):
       r['steps'] * c.train.batch_size / max(r['train_s'], 1e-9), 1)
   out['settings'] = dict(
       batch_size=c.train.batch_size, embed_dim=c.model.embed_dim,
+      id_dropout=c.model.get('id_dropout'),
       normalize=c.loss.normalize, temperature=c.loss.temperature,
       num_negatives=c.loss.num_negatives,
       lr=c.optimizer.learning_rate,
