@@ -39,6 +39,8 @@ def get_config(model: str = 'graphsage'):
   # Hide a node's id with this probability in training, so content and
   # neighbours alone must embed it: what unseen (cold) nodes rely on.
   c.model.id_dropout = 0.2
+  # Add each seed's input embedding to the last layer's output.
+  c.model.residual = False
 
   c.graph = ml_collections.ConfigDict()
   c.graph.sampler = ''            # '' = the model's own (see gnn_trainer)
@@ -53,6 +55,9 @@ def get_config(model: str = 'graphsage'):
   c.loss.name = 'softmax'
   c.loss.num_negatives = 512
   c.loss.temperature = 0.1        # embeddings are unit vectors (cosine)
+  # Also score each user against the batch's other positives (no extra
+  # sampling: their embeddings are computed anyway), logQ-corrected.
+  c.loss.in_batch_negatives = False
   c.optimizer.learning_rate = 2e-3
   c.optimizer.schedule = 'cosine'
   c.train.batch_size = 512

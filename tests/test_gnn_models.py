@@ -60,6 +60,65 @@ def test_encoders_embed_seeds(market, kind):
                              np.asarray(out)[:-1], atol=1e-4)
 
 
+def test_residual_adds_each_seeds_input_embedding(market):
+  g = NodeGraph.from_dataset(market)
+  feats = node_features(g, market)
+  s = samplers.NeighborSampler(g, (4, 3))
+  seeds = np.r_[g.ids('user', np.arange(4)), g.ids('item', np.arange(3))]
+  block = s.sample(seeds, np.random.default_rng(0)).as_dict()
+  plain = _model('graphsage', g, feats, s.num_relations, normalize=False)
+  params = plain.init(jax.random.key(0), block, feats)['params']
+  res = plain.clone(residual=True)          # no parameters of its own
+  x0 = plain.encoder.apply({'params': params['encoder']}, block['ids'][0],
+                           feats, False)
+  np.testing.assert_allclose(
+      np.asarray(res.apply({'params': params}, block, feats)),
+      np.asarray(plain.apply({'params': params}, block, feats) + x0),
+      rtol=1e-5, atol=1e-5)
+
+
+def test_in_batch_negatives_add_the_other_pairs_items():
+  import ml_collections
+  from recjax.train import gnn_trainer
+  b, m, d, n_items = 4, 3, 5, 16
+  emb = jax.random.normal(jax.random.key(1), (2 * b + m, d))
+  counts = np.arange(1, n_items + 1)          # item i has i + 1 pairs
+
+  class Fixed:                     # a model that returns `emb` as the seeds
+    def apply(self, *args, **kwargs):
+      return emb
+
+  def loss(in_batch, pos, counts=counts):
+    cfg = ml_collections.ConfigDict(dict(loss=dict(
+        temperature=0.5, in_batch_negatives=in_batch)))
+    batch = dict(block=None, pos=jnp.asarray(pos), neg=jnp.arange(10, 13))
+    return float(gnn_trainer._loss_fn(Fixed(), cfg, b, m, item_counts=counts)(
+        None, batch, None, None)[0])
+
+  # By hand: logQ = log(expected count among the candidates) of each item.
+  pos, neg = np.array([0, 1, 2, 3]), np.arange(10, 13)
+  log_q = np.log(m / n_items + b * counts / counts.sum())
+  u, p, n = emb[:b], emb[b:2 * b], emb[2 * b:]
+  s_pos = jnp.sum(u * p, -1) / 0.5 - log_q[pos]
+  others = u @ p.T / 0.5 - log_q[pos][None, :]
+  others = jnp.where(jnp.eye(b, dtype=bool), -jnp.inf, others)
+  want = jnp.mean(jax.nn.logsumexp(jnp.concatenate(
+      [s_pos[:, None], u @ n.T / 0.5 - log_q[neg][None, :], others], -1),
+      -1) - s_pos)
+  assert loss(True, pos) == pytest.approx(float(want), rel=1e-5)
+  # Uniform counts: the correction is one constant, so adding the other
+  # pairs' items only adds negatives (a larger loss).
+  flat = np.ones(n_items)
+  assert loss(True, pos, flat) > loss(False, pos, flat)
+  # A pair sharing the user's item is that user's positive, not a negative;
+  # what is left is the constant correction, which cancels.
+  assert loss(True, [7] * 4, flat) == pytest.approx(loss(False, [7] * 4),
+                                                    rel=1e-5)
+  with pytest.raises(ValueError, match='in_batch_negatives'):
+    gnn_trainer._loss_fn(Fixed(), ml_collections.ConfigDict(dict(loss=dict(
+        temperature=0.5, in_batch_negatives=True))), b, m)
+
+
 def test_unseen_item_is_embedded_from_content(market):
   g = NodeGraph.from_dataset(market)
   feats = node_features(g, market)
@@ -223,6 +282,15 @@ def test_eval_fanouts_are_checked():
       gnn_trainer.eval_fanouts(c)
 
 
+def test_id_dropout_is_checked():
+  import ml_collections
+  from recjax.train import gnn_trainer
+  for bad in (1.0, -0.1):
+    c = ml_collections.ConfigDict(dict(model=dict(id_dropout=bad)))
+    with pytest.raises(ValueError, match=rf'model.id_dropout={bad}'):
+      gnn_trainer.build_model(c, None, {}, None)
+
+
 def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   rng = np.random.default_rng(0)
   with open(tmp_path / 'train.txt', 'w') as tr, \
@@ -234,8 +302,8 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   cmd = [sys.executable, 'tools/bench_gnn.py', '--model=graphsage',
          f'--data={tmp_path}', '--steps=5', '--batch_size=64',
          '--fanouts=3,2', '--embed_dim=8', '--nonormalize',
-         '--temperature=1', '--id_dropout=0',
-         f'--workdir={tmp_path / "run"}']
+         '--temperature=1', '--id_dropout=0', '--in_batch_negatives',
+         '--residual', f'--workdir={tmp_path / "run"}']
   proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                         text=True, timeout=600, env=helpers.env_with())
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -243,6 +311,8 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   assert out['steps'] == 5 and 0 <= out['recall@20'] <= 1
   assert out['settings']['normalize'] is False
   assert out['settings']['id_dropout'] == 0
+  assert out['settings']['in_batch_negatives'] is True
+  assert out['settings']['residual'] is True
   assert 'cold_user_recall@20' not in out       # no cold slices in txt data
   # A workdir with checkpoints would resume instead of measuring: refused.
   again = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
@@ -254,3 +324,9 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
                        capture_output=True, text=True, timeout=600,
                        env=helpers.env_with())
   assert bad.returncode != 0 and '--id_dropout=1.5' in bad.stderr
+  # LightGCN reads neither sampled-model option: refused, not ignored.
+  bad = subprocess.run(
+      [sys.executable, 'tools/bench_gnn.py', '--model=lightgcn',
+       f'--data={tmp_path}', '--residual'], cwd=helpers.REPO,
+      capture_output=True, text=True, timeout=600, env=helpers.env_with())
+  assert bad.returncode != 0 and '--residual' in bad.stderr

@@ -54,6 +54,13 @@ _NORMALIZE = flags.DEFINE_bool('normalize', None, 'Unit-vector (cosine) '
                                'product. Default: config.')
 _TEMPERATURE = flags.DEFINE_float('temperature', None, 'Softmax '
                                   'temperature. Default: config.')
+_IN_BATCH = flags.DEFINE_bool(
+    'in_batch_negatives', None, "Score each user against the batch's other "
+    'items too (free extra negatives, logQ-corrected for their '
+    'popularity). Default: config.')
+_RESIDUAL = flags.DEFINE_bool(
+    'residual', None, "Add each seed's input embedding to the last layer's "
+    'output (the id row reaches the score directly). Default: config.')
 _NEG = flags.DEFINE_integer('num_negatives', None, 'Shared negatives per '
                             'batch. Default: config.')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate. Default: config.')
@@ -84,6 +91,10 @@ def _config():
     if _ID_DROPOUT.value is not None:
       raise app.UsageError('--id_dropout: lightgcn has no content path, so '
                            'it never hides ids')
+    for flag in (_IN_BATCH, _RESIDUAL):
+      if flag.value is not None:
+        raise app.UsageError(f'--{flag.name}: a sampled-model option; '
+                             'lightgcn does not read it')
     if on_path:
       import lightgcn_gowalla
       c = lightgcn_gowalla.get_config()
@@ -119,6 +130,8 @@ def _config():
                            (_NORMALIZE, c.loss, 'normalize'),
                            (_TEMPERATURE, c.loss, 'temperature'),
                            (_NEG, c.loss, 'num_negatives'),
+                           (_IN_BATCH, c.loss, 'in_batch_negatives'),
+                           (_RESIDUAL, c.model, 'residual'),
                            (_LR, c.optimizer, 'learning_rate')):
     if value.value is not None:
       node[key] = value.value
@@ -152,6 +165,8 @@ def main(argv):
       id_dropout=c.model.get('id_dropout'),
       normalize=c.loss.normalize, temperature=c.loss.temperature,
       num_negatives=c.loss.num_negatives,
+      in_batch_negatives=c.loss.get('in_batch_negatives'),
+      residual=c.model.get('residual'),
       lr=c.optimizer.learning_rate,
       target_events=list(c.data.get('target_events') or ()) or None,
       budget_minutes=_BUDGET.value, num_epochs=c.train.num_epochs,

@@ -246,6 +246,9 @@ class SampledGNN(nn.Module):
     aggregator, combine: GraphSAGE options.
     heads: attention heads (gat, tgat).
     normalize: L2-normalise the outputs.
+    residual: add each seed's input embedding (NodeEncoder) to the last
+      layer's output, so its id row reaches the score directly, as in
+      LightGCN's sum over layers.
   """
   kind: str
   encoder: NodeEncoder
@@ -255,6 +258,7 @@ class SampledGNN(nn.Module):
   combine: str = 'concat'
   heads: int = 4
   normalize: bool = True
+  residual: bool = False
 
   def _layer(self, k: int) -> nn.Module:
     d, last = self.encoder.embed_dim, k == self.num_layers - 1
@@ -297,6 +301,7 @@ class SampledGNN(nn.Module):
                        f'{self.num_layers} layers; set graph.fanouts to '
                        f'{self.num_layers} values')
     h = [self.encoder(ids, feats, train) for ids in block['ids']]
+    seed_input = h[0]
     hidden = []
     for k in range(self.num_layers):
       layer = self._layer(k)
@@ -309,7 +314,7 @@ class SampledGNN(nn.Module):
           h = [h[0]] + [jnp.where(history['mask'][l][:, None],
                                   history['values'][l][:, k], h[l])
                         for l in range(1, len(h))]
-    out = h[0]
+    out = h[0] + seed_input if self.residual else h[0]
     if self.normalize:
       out = out * jax.lax.rsqrt(jnp.sum(out * out, -1, keepdims=True) + 1e-12)
     if return_hidden:

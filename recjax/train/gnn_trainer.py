@@ -87,6 +87,9 @@ def build_model(config, graph: NodeGraph, feats: dict, sampler,
                 pad_to: int = 128, sizes: dict | None = None) -> SampledGNN:
   """The configured SampledGNN; `sizes` (content_sizes) default to feats'."""
   m = config.model
+  if not 0.0 <= m.id_dropout < 1.0:
+    raise ValueError(f'model.id_dropout={m.id_dropout!r}: want a '
+                     'probability in [0, 1)')
   sizes = sizes or content_sizes(feats)
   enc = NodeEncoder(
       num_nodes=graph.num_nodes, embed_dim=m.embed_dim,
@@ -96,7 +99,8 @@ def build_model(config, graph: NodeGraph, feats: dict, sampler,
   return SampledGNN(kind=m.name, encoder=enc, num_layers=len(
       config.graph.fanouts), num_relations=sampler.num_relations,
                     aggregator=m.aggregator, combine=m.combine, heads=m.heads,
-                    normalize=config.loss.get('normalize', True))
+                    normalize=config.loss.get('normalize', True),
+                    residual=bool(m.get('residual', False)))
 
 
 class PairStream:
@@ -163,15 +167,34 @@ def seed_block(graph: NodeGraph, sampler, pairs: dict, rng) -> dict:
   return block.as_dict()
 
 
-def _loss_fn(model, cfg, b: int, m: int, groups: int = 1):
+def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
+             item_counts: np.ndarray | None = None):
   """Sampled softmax of each user's item against the shared negatives.
 
   The block's seeds are `groups` consecutive runs of [b users | b items |
   m negatives (| b x H hard)]: one run per process when each process
   samples its own rows (recjax.train.shard_trainer), else one. Every user
-  scores against the negatives of all runs.
+  scores against the negatives of all runs and, with
+  loss.in_batch_negatives, against every other pair's item too (free: those
+  embeddings are already computed; pairs sharing the user's item are masked).
+
+  In-batch items are drawn by popularity, not uniformly, so with them every
+  logit gets the logQ correction (Yi et al., RecSys 2019): minus the log of
+  the item's expected count among the candidates, m/N + G*b*p(item) with p
+  the share of training pairs (`item_counts` [N]). Without it, popular
+  items are over-penalised as negatives. PinSAGE's hard negatives are left
+  uncorrected.
   """
   tau = cfg.loss.temperature
+  in_batch = bool(cfg.loss.get('in_batch_negatives', False))
+  if in_batch:
+    if item_counts is None:
+      raise ValueError('loss.in_batch_negatives needs the training pairs\' '
+                       'item counts for its logQ correction; this trainer '
+                       'does not provide them')
+    share = np.asarray(item_counts, np.float64) / max(np.sum(item_counts), 1)
+    log_q = jnp.asarray(np.log(m * groups / len(share) + groups * b * share
+                               + 1e-12), jnp.float32)
 
   def loss_fn(params, batch, feats, rng):
     emb = model.apply({'params': params}, batch['block'], feats, train=True,
@@ -183,9 +206,16 @@ def _loss_fn(model, cfg, b: int, m: int, groups: int = 1):
     n = emb[:, 2 * b:2 * b + m].reshape(-1, d)
     s_pos = jnp.sum(u * p, -1, keepdims=True) / tau
     s_neg = u @ n.T / tau
+    if in_batch:
+      s_pos = s_pos - log_q[batch['pos']][:, None]
+      s_neg = s_neg - log_q[batch['neg']][None, :]
     s_neg = jnp.where(batch['pos'][:, None] == batch['neg'][None, :], -1e9,
                       s_neg)
     logits = [s_pos, s_neg]
+    if in_batch:
+      s_in = u @ p.T / tau - log_q[batch['pos']][None, :]   # [Gb, Gb]
+      logits.append(jnp.where(
+          batch['pos'][:, None] == batch['pos'][None, :], -1e9, s_in))
     if 'hard' in batch:
       hard = emb[:, 2 * b + m:].reshape(groups * b, -1, d)
       s_hard = jnp.einsum('bd,bhd->bh', u, hard) / tau
@@ -304,7 +334,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       init_fn, jax.random.key(config.seed), mesh, rules, workdir,
       config.train.keep_checkpoints)
   start = int(jax.device_get(state.step))
-  loss_fn = _loss_fn(model, config, b, m)
+  loss_fn = _loss_fn(model, config, b, m, item_counts=np.bincount(
+      stream.items, minlength=ds.num_items))
   base_key = jax.random.key(config.seed + 1)
 
   train_step = make_train_step(loss_fn, tx, base_key)
