@@ -303,7 +303,7 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
          f'--data={tmp_path}', '--steps=5', '--batch_size=64',
          '--fanouts=3,2', '--embed_dim=8', '--nonormalize',
          '--temperature=1', '--id_dropout=0', '--in_batch_negatives',
-         '--residual', f'--workdir={tmp_path / "run"}']
+         '--residual', '--weight_decay=0.01', f'--workdir={tmp_path / "run"}']
   proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                         text=True, timeout=600, env=helpers.env_with())
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -313,6 +313,8 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   assert out['settings']['id_dropout'] == 0
   assert out['settings']['in_batch_negatives'] is True
   assert out['settings']['residual'] is True
+  assert out['settings']['optimizer'] == 'adamw'
+  assert out['settings']['weight_decay'] == 0.01
   assert 'cold_user_recall@20' not in out       # no cold slices in txt data
   # A workdir with checkpoints would resume instead of measuring: refused.
   again = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
@@ -324,6 +326,10 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
                        capture_output=True, text=True, timeout=600,
                        env=helpers.env_with())
   assert bad.returncode != 0 and '--id_dropout=1.5' in bad.stderr
+  bad = subprocess.run(cmd[:-1] + ['--weight_decay=-1'], cwd=helpers.REPO,
+                       capture_output=True, text=True, timeout=600,
+                       env=helpers.env_with())
+  assert bad.returncode != 0 and '--weight_decay=-1' in bad.stderr
   # LightGCN reads neither sampled-model option: refused, not ignored.
   bad = subprocess.run(
       [sys.executable, 'tools/bench_gnn.py', '--model=lightgcn',

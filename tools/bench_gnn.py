@@ -64,6 +64,9 @@ _RESIDUAL = flags.DEFINE_bool(
 _NEG = flags.DEFINE_integer('num_negatives', None, 'Shared negatives per '
                             'batch. Default: config.')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate. Default: config.')
+_WEIGHT_DECAY = flags.DEFINE_float(
+    'weight_decay', None, 'AdamW decoupled weight decay (switches the '
+    'optimizer to adamw). Default: the config\'s optimizer.')
 _TARGETS = flags.DEFINE_list(
     'target_events', None, 'Event types whose pairs are the training '
     'positives (graph edges keep every configured type). Default: config.')
@@ -111,6 +114,12 @@ def _config():
   if _ID_DROPOUT.value is not None and not 0 <= _ID_DROPOUT.value < 1:
     raise app.UsageError(f'--id_dropout={_ID_DROPOUT.value}: want a '
                          'probability in [0, 1)')
+  if _WEIGHT_DECAY.value is not None:
+    if _WEIGHT_DECAY.value < 0:
+      raise app.UsageError(f'--weight_decay={_WEIGHT_DECAY.value}: want a '
+                           'value >= 0')
+    c.optimizer.name = 'adamw'
+    c.optimizer.weight_decay = _WEIGHT_DECAY.value
   if on_path:
     if not os.path.isdir(_DATA.value):
       raise app.UsageError(f'--data={_DATA.value}: not a directory (want '
@@ -167,7 +176,8 @@ def main(argv):
       num_negatives=c.loss.num_negatives,
       in_batch_negatives=c.loss.get('in_batch_negatives'),
       residual=c.model.get('residual'),
-      lr=c.optimizer.learning_rate,
+      lr=c.optimizer.learning_rate, optimizer=c.optimizer.name,
+      weight_decay=c.optimizer.get('weight_decay'),
       target_events=list(c.data.get('target_events') or ()) or None,
       budget_minutes=_BUDGET.value, num_epochs=c.train.num_epochs,
       fanouts=list(c.graph.fanouts) if 'graph' in c else None,
