@@ -58,6 +58,10 @@ def get_config(model: str = 'graphsage'):
   # Also score each user against the batch's other positives (no extra
   # sampling: their embeddings are computed anyway), logQ-corrected.
   c.loss.in_batch_negatives = False
+  c.loss.logq_weight = 1.0        # multiple of their logQ correction applied
+  # L2 on the step's output embeddings; penalises their norms when scores
+  # are dot products (normalize False). A constant with unit vectors.
+  c.loss.output_l2 = 0.0
   c.optimizer.learning_rate = 2e-3
   c.optimizer.schedule = 'cosine'
   c.train.batch_size = 512

@@ -119,6 +119,55 @@ def test_in_batch_negatives_add_the_other_pairs_items():
         temperature=0.5, in_batch_negatives=True))), b, m)
 
 
+def test_logq_weight_and_output_l2():
+  import ml_collections
+  from recjax.train import gnn_trainer
+  b, m, d, n_items = 4, 3, 5, 16
+  emb = jax.random.normal(jax.random.key(2), (2 * b + m, d))
+  counts = np.arange(1, n_items + 1)
+  pos, neg = np.array([0, 5, 9, 15]), np.arange(10, 13)
+
+  class Fixed:
+    def apply(self, *args, **kwargs):
+      return emb
+
+  def loss(**kw):
+    cfg = ml_collections.ConfigDict(dict(loss=dict(
+        temperature=0.5, in_batch_negatives=True, **kw)))
+    batch = dict(block=None, pos=jnp.asarray(pos), neg=jnp.asarray(neg))
+    return float(gnn_trainer._loss_fn(Fixed(), cfg, b, m, item_counts=counts)(
+        None, batch, None, None)[0])
+
+  def by_hand(alpha):
+    log_q = alpha * np.log(m / n_items + b * counts / counts.sum())
+    u, p, n = emb[:b], emb[b:2 * b], emb[2 * b:]
+    s_pos = jnp.sum(u * p, -1) / 0.5 - log_q[pos]
+    others = u @ p.T / 0.5 - log_q[pos][None, :]
+    others = jnp.where(jnp.eye(b, dtype=bool), -jnp.inf, others)
+    return float(jnp.mean(jax.nn.logsumexp(jnp.concatenate(
+        [s_pos[:, None], u @ n.T / 0.5 - log_q[neg][None, :], others], -1),
+        -1) - s_pos))
+
+  # The weight scales the correction: 0 is none, 1 (the default) all of it.
+  assert loss() == pytest.approx(by_hand(1.0), rel=1e-5)
+  assert loss(logq_weight=0.5) == pytest.approx(by_hand(0.5), rel=1e-5)
+  assert loss(logq_weight=2.0) == pytest.approx(by_hand(2.0), rel=1e-5)
+  assert loss(logq_weight=0.0) == pytest.approx(by_hand(0.0), rel=1e-5)
+  assert by_hand(0.5) != pytest.approx(by_hand(1.0), rel=1e-3)
+  # output_l2 adds 0.5 * the squared norms of the step's embeddings / b.
+  reg = 0.5 * float(jnp.sum(emb ** 2)) / b
+  assert loss(output_l2=0.1) == pytest.approx(by_hand(1.0) + 0.1 * reg,
+                                              rel=1e-5)
+  for key, bad in (('logq_weight', -0.1), ('logq_weight', float('inf')),
+                   ('output_l2', -1.0), ('output_l2', float('nan'))):
+    with pytest.raises(ValueError, match=rf'loss.{key}={bad}'):
+      loss(**{key: bad})
+  # The weight only scales the in-batch correction: refused without it.
+  with pytest.raises(ValueError, match='in_batch_negatives'):
+    gnn_trainer.check_loss(ml_collections.ConfigDict(dict(loss=dict(
+        logq_weight=0.5))))
+
+
 def test_unseen_item_is_embedded_from_content(market):
   g = NodeGraph.from_dataset(market)
   feats = node_features(g, market)
@@ -303,7 +352,8 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
          f'--data={tmp_path}', '--steps=5', '--batch_size=64',
          '--fanouts=3,2', '--embed_dim=8', '--nonormalize',
          '--temperature=1', '--id_dropout=0', '--in_batch_negatives',
-         '--residual', '--weight_decay=0.01', f'--workdir={tmp_path / "run"}']
+         '--residual', '--weight_decay=0.01', '--logq_weight=0.5',
+         '--output_l2=0.01', f'--workdir={tmp_path / "run"}']
   proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                         text=True, timeout=600, env=helpers.env_with())
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -315,6 +365,8 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   assert out['settings']['residual'] is True
   assert out['settings']['optimizer'] == 'adamw'
   assert out['settings']['weight_decay'] == 0.01
+  assert out['settings']['logq_weight'] == 0.5
+  assert out['settings']['output_l2'] == 0.01
   assert 'cold_user_recall@20' not in out       # no cold slices in txt data
   # A workdir with checkpoints would resume instead of measuring: refused.
   again = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
@@ -326,13 +378,22 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
                        capture_output=True, text=True, timeout=600,
                        env=helpers.env_with())
   assert bad.returncode != 0 and '--id_dropout=1.5' in bad.stderr
-  bad = subprocess.run(cmd[:-1] + ['--weight_decay=-1'], cwd=helpers.REPO,
+  for flag in ('--weight_decay=-1', '--logq_weight=-1', '--output_l2=nan',
+               '--output_l2=-1'):
+    bad = subprocess.run(cmd[:-1] + [flag], cwd=helpers.REPO,
+                         capture_output=True, text=True, timeout=600,
+                         env=helpers.env_with())
+    assert bad.returncode != 0 and flag in bad.stderr
+  # LightGCN reads neither sampled-model option: refused, not ignored.
+  for flag in ('--residual', '--output_l2=0.1'):
+    bad = subprocess.run(
+        [sys.executable, 'tools/bench_gnn.py', '--model=lightgcn',
+         f'--data={tmp_path}', flag], cwd=helpers.REPO,
+        capture_output=True, text=True, timeout=600, env=helpers.env_with())
+    assert bad.returncode != 0 and flag.split('=')[0] in bad.stderr
+  # --logq_weight without the in-batch negatives it scales: refused.
+  bad = subprocess.run([a for a in cmd[:-1] if a != '--in_batch_negatives']
+                       + ['--logq_weight=0.5'], cwd=helpers.REPO,
                        capture_output=True, text=True, timeout=600,
                        env=helpers.env_with())
-  assert bad.returncode != 0 and '--weight_decay=-1' in bad.stderr
-  # LightGCN reads neither sampled-model option: refused, not ignored.
-  bad = subprocess.run(
-      [sys.executable, 'tools/bench_gnn.py', '--model=lightgcn',
-       f'--data={tmp_path}', '--residual'], cwd=helpers.REPO,
-      capture_output=True, text=True, timeout=600, env=helpers.env_with())
-  assert bad.returncode != 0 and '--residual' in bad.stderr
+  assert bad.returncode != 0 and 'logq_weight' in bad.stderr

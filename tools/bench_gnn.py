@@ -21,6 +21,7 @@ step_s and the settings.
 """
 
 import json
+import math
 import os
 import resource
 import sys
@@ -61,6 +62,13 @@ _IN_BATCH = flags.DEFINE_bool(
 _RESIDUAL = flags.DEFINE_bool(
     'residual', None, "Add each seed's input embedding to the last layer's "
     'output (the id row reaches the score directly). Default: config.')
+_LOGQ_WEIGHT = flags.DEFINE_float(
+    'logq_weight', None, 'With --in_batch_negatives: the multiple of the '
+    'logQ correction applied, >= 0 (below 1 keeps part of the popularity '
+    'penalty, above 1 favours popular items). Default: config (1).')
+_OUTPUT_L2 = flags.DEFINE_float(
+    'output_l2', None, "L2 on the step's output embeddings (users, items, "
+    'negatives); bounds their norms with --nonormalize. Default: config (0).')
 _NEG = flags.DEFINE_integer('num_negatives', None, 'Shared negatives per '
                             'batch. Default: config.')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate. Default: config.')
@@ -94,7 +102,7 @@ def _config():
     if _ID_DROPOUT.value is not None:
       raise app.UsageError('--id_dropout: lightgcn has no content path, so '
                            'it never hides ids')
-    for flag in (_IN_BATCH, _RESIDUAL):
+    for flag in (_IN_BATCH, _RESIDUAL, _LOGQ_WEIGHT, _OUTPUT_L2):
       if flag.value is not None:
         raise app.UsageError(f'--{flag.name}: a sampled-model option; '
                              'lightgcn does not read it')
@@ -115,11 +123,16 @@ def _config():
     raise app.UsageError(f'--id_dropout={_ID_DROPOUT.value}: want a '
                          'probability in [0, 1)')
   if _WEIGHT_DECAY.value is not None:
-    if _WEIGHT_DECAY.value < 0:
+    if not (math.isfinite(_WEIGHT_DECAY.value) and _WEIGHT_DECAY.value >= 0):
       raise app.UsageError(f'--weight_decay={_WEIGHT_DECAY.value}: want a '
-                           'value >= 0')
+                           'finite value >= 0')
     c.optimizer.name = 'adamw'
     c.optimizer.weight_decay = _WEIGHT_DECAY.value
+  for flag in (_LOGQ_WEIGHT, _OUTPUT_L2):
+    if flag.value is not None and not (math.isfinite(flag.value)
+                                       and flag.value >= 0):
+      raise app.UsageError(f'--{flag.name}={flag.value}: want a finite '
+                           'value >= 0')
   if on_path:
     if not os.path.isdir(_DATA.value):
       raise app.UsageError(f'--data={_DATA.value}: not a directory (want '
@@ -141,11 +154,19 @@ def _config():
                            (_NEG, c.loss, 'num_negatives'),
                            (_IN_BATCH, c.loss, 'in_batch_negatives'),
                            (_RESIDUAL, c.model, 'residual'),
+                           (_LOGQ_WEIGHT, c.loss, 'logq_weight'),
+                           (_OUTPUT_L2, c.loss, 'output_l2'),
                            (_LR, c.optimizer, 'learning_rate')):
     if value.value is not None:
       node[key] = value.value
   if _TARGETS.value is not None:
     c.data.target_events = tuple(_TARGETS.value)
+  if _MODEL.value != 'lightgcn':
+    from recjax.train import gnn_trainer
+    try:
+      gnn_trainer.check_loss(c)
+    except ValueError as e:       # e.g. --logq_weight without in-batch ones
+      raise app.UsageError(str(e)) from None
   c.train.budget_minutes = _BUDGET.value
   c.train.eval_every_epochs = 0
   c.train.checkpoint_every_steps = 10**9   # Benchmarks time training only.
@@ -176,6 +197,8 @@ def main(argv):
       num_negatives=c.loss.num_negatives,
       in_batch_negatives=c.loss.get('in_batch_negatives'),
       residual=c.model.get('residual'),
+      logq_weight=c.loss.get('logq_weight'),
+      output_l2=c.loss.get('output_l2'),
       lr=c.optimizer.learning_rate, optimizer=c.optimizer.name,
       weight_decay=c.optimizer.get('weight_decay'),
       target_events=list(c.data.get('target_events') or ()) or None,

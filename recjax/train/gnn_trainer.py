@@ -167,6 +167,23 @@ def seed_block(graph: NodeGraph, sampler, pairs: dict, rng) -> dict:
   return block.as_dict()
 
 
+def check_loss(cfg) -> tuple[bool, float, float]:
+  """The sampled models' loss options, checked: (in_batch_negatives,
+  output_l2, logq_weight). Raises ValueError naming the bad key."""
+  in_batch = bool(cfg.loss.get('in_batch_negatives', False))
+  out = []
+  for key, default in (('output_l2', 0.0), ('logq_weight', 1.0)):
+    v = float(cfg.loss.get(key, default))
+    if not (math.isfinite(v) and v >= 0.0):
+      raise ValueError(f'loss.{key}={v!r}: want a finite value >= 0')
+    out.append(v)
+  if out[1] != 1.0 and not in_batch:
+    raise ValueError(f'loss.logq_weight={out[1]!r} scales the correction of '
+                     'the in-batch negatives; set loss.in_batch_negatives '
+                     'too, or leave it at 1')
+  return in_batch, out[0], out[1]
+
+
 def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
              item_counts: np.ndarray | None = None):
   """Sampled softmax of each user's item against the shared negatives.
@@ -183,18 +200,26 @@ def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
   the item's expected count among the candidates, m/N + G*b*p(item) with p
   the share of training pairs (`item_counts` [N]). Without it, popular
   items are over-penalised as negatives. PinSAGE's hard negatives are left
-  uncorrected.
+  uncorrected. loss.logq_weight (default 1) scales the correction: below 1
+  it keeps part of the in-batch popularity penalty, above 1 it turns into a
+  popularity bonus.
+
+  loss.output_l2 (default 0) adds output_l2 * 0.5 * the sum of the squared
+  norms of the step's user, item and shared-negative embeddings (not
+  PinSAGE's hard ones) / the number of users (G*b). With dot-product scores
+  (loss.normalize False) it penalises their norms, as LightGCN's loss.l2
+  does its layer-0 rows; with unit vectors it is a constant.
   """
   tau = cfg.loss.temperature
-  in_batch = bool(cfg.loss.get('in_batch_negatives', False))
+  in_batch, out_l2, logq_w = check_loss(cfg)
   if in_batch:
     if item_counts is None:
       raise ValueError('loss.in_batch_negatives needs the training pairs\' '
                        'item counts for its logQ correction; this trainer '
                        'does not provide them')
     share = np.asarray(item_counts, np.float64) / max(np.sum(item_counts), 1)
-    log_q = jnp.asarray(np.log(m * groups / len(share) + groups * b * share
-                               + 1e-12), jnp.float32)
+    log_q = jnp.asarray(logq_w * np.log(
+        m * groups / len(share) + groups * b * share + 1e-12), jnp.float32)
 
   def loss_fn(params, batch, feats, rng):
     emb = model.apply({'params': params}, batch['block'], feats, train=True,
@@ -223,6 +248,9 @@ def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
           batch['hard'] != batch['pos'][:, None]), s_hard, -1e9))
     logits = jnp.concatenate(logits, -1)
     loss = jnp.mean(jax.nn.logsumexp(logits, -1) - s_pos[:, 0])
+    if out_l2:
+      reg = 0.5 * (jnp.sum(u**2) + jnp.sum(p**2) + jnp.sum(n**2)) / u.shape[0]
+      return loss + out_l2 * reg, dict(loss=loss, reg=reg)
     return loss, dict(loss=loss)
 
   return loss_fn
@@ -295,6 +323,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   feats_np = node_features(graph, ds)
   sampler = make_sampler(config, graph)
   eval_fanouts(config)                 # a bad value fails before training
+  check_loss(config)
   hard_table, num_hard = None, 0
   if config.model.name == 'pinsage' and config.graph.num_hard_negatives:
     hard_table = samplers_lib.hard_negative_table(
