@@ -68,7 +68,8 @@ _LOGQ_WEIGHT = flags.DEFINE_float(
     'penalty, above 1 favours popular items). Default: config (1).')
 _OUTPUT_L2 = flags.DEFINE_float(
     'output_l2', None, "L2 on the step's output embeddings (users, items, "
-    'negatives); bounds their norms with --nonormalize. Default: config (0).')
+    'negatives); penalises their norms with --nonormalize. Default: config '
+    '(0).')
 _NEG = flags.DEFINE_integer('num_negatives', None, 'Shared negatives per '
                             'batch. Default: config.')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate. Default: config.')

@@ -171,17 +171,16 @@ def check_loss(cfg) -> tuple[bool, float, float]:
   """The sampled models' loss options, checked: (in_batch_negatives,
   output_l2, logq_weight). Raises ValueError naming the bad key."""
   in_batch = bool(cfg.loss.get('in_batch_negatives', False))
-  out = []
-  for key, default in (('output_l2', 0.0), ('logq_weight', 1.0)):
-    v = float(cfg.loss.get(key, default))
+  out_l2 = float(cfg.loss.get('output_l2', 0.0))
+  logq_w = float(cfg.loss.get('logq_weight', 1.0))
+  for key, v in (('output_l2', out_l2), ('logq_weight', logq_w)):
     if not (math.isfinite(v) and v >= 0.0):
       raise ValueError(f'loss.{key}={v!r}: want a finite value >= 0')
-    out.append(v)
-  if out[1] != 1.0 and not in_batch:
-    raise ValueError(f'loss.logq_weight={out[1]!r} scales the correction of '
+  if logq_w != 1.0 and not in_batch:
+    raise ValueError(f'loss.logq_weight={logq_w!r} scales the correction of '
                      'the in-batch negatives; set loss.in_batch_negatives '
                      'too, or leave it at 1')
-  return in_batch, out[0], out[1]
+  return in_batch, out_l2, logq_w
 
 
 def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
