@@ -52,6 +52,8 @@ def get_config(model: str = 'graphsage'):
   c.graph.num_hard_negatives = 2 if model == 'pinsage' else 0
   c.graph.hard_ranks = (10, 60)   # pinsage: walk ranks hard negatives come from
 
+  # 'softmax' (sampled softmax) | 'ccl' (SimpleX's cosine contrastive loss:
+  # loss.margin and loss.negative_weight, from configs/common.py)
   c.loss.name = 'softmax'
   c.loss.num_negatives = 512
   c.loss.temperature = 0.1        # embeddings are unit vectors (cosine)

@@ -168,6 +168,62 @@ def test_logq_weight_and_output_l2():
         logq_weight=0.5))))
 
 
+def test_ccl_loss_matches_hand_computation():
+  import ml_collections
+  from recjax.train import gnn_trainer
+  b, m, h, d = 4, 3, 2, 5
+  raw = jax.random.normal(jax.random.key(3), (2 * b + m + b * h, d))
+  emb = raw / jnp.linalg.norm(raw, axis=-1, keepdims=True)   # unit vectors
+  pos, neg = np.array([0, 5, 9, 11]), np.array([5, 10, 12])
+  hard = np.array([[1, 0], [2, 3], [4, 6], [7, 8]])          # row 0: 0 = pos
+  hard_mask = np.array([[True, True]] * 3 + [[True, False]])
+
+  class Fixed:
+    def apply(self, *args, **kwargs):
+      return emb
+
+  def loss(with_hard, **kw):
+    cfg = ml_collections.ConfigDict(dict(loss=dict(dict(
+        name='ccl', temperature=0.5, margin=0.1, negative_weight=3.0), **kw)))
+    batch = dict(block=None, pos=jnp.asarray(pos), neg=jnp.asarray(neg))
+    if with_hard:
+      batch.update(hard=jnp.asarray(hard), hard_mask=jnp.asarray(hard_mask))
+    e = emb if with_hard else emb[:2 * b + m]
+    Fixed.apply = lambda self, *a, **k: e
+    return float(gnn_trainer._loss_fn(Fixed(), cfg, b, m)(
+        None, batch, None, None)[0])
+
+  u, p, n = np.asarray(emb[:b]), np.asarray(emb[b:2 * b]), np.asarray(
+      emb[2 * b:2 * b + m])
+  hv = np.asarray(emb[2 * b + m:]).reshape(b, h, d)
+
+  def by_hand(with_hard):
+    total = 0.0
+    for r in range(b):
+      cos = [u[r] @ n[j] for j in range(m) if neg[j] != pos[r]]
+      if with_hard:
+        cos += [u[r] @ hv[r, j] for j in range(h)
+                if hard_mask[r, j] and hard[r, j] != pos[r]]
+      hinge = np.mean([max(c - 0.1, 0.0) for c in cos])
+      total += max(1 - u[r] @ p[r], 0.0) + 3.0 * hinge
+    return total / b
+
+  assert loss(False) == pytest.approx(by_hand(False), rel=1e-5)
+  assert loss(True) == pytest.approx(by_hand(True), rel=1e-5)
+  assert by_hand(True) != pytest.approx(by_hand(False), rel=1e-3)
+  # CCL scores cosines with its own negatives: softmax-only options refused.
+  for kw, match in ((dict(in_batch_negatives=True), 'softmax options'),
+                    (dict(output_l2=0.1), 'softmax options'),
+                    (dict(normalize=False), 'normalize'),
+                    (dict(margin=1.5), 'loss.margin'),
+                    (dict(negative_weight=-1.0), 'negative_weight')):
+    with pytest.raises(ValueError, match=match):
+      loss(False, **kw)
+  with pytest.raises(ValueError, match="loss.name='bpr'"):
+    gnn_trainer.check_loss(ml_collections.ConfigDict(dict(loss=dict(
+        name='bpr'))))
+
+
 def test_unseen_item_is_embedded_from_content(market):
   g = NodeGraph.from_dataset(market)
   feats = node_features(g, market)
@@ -368,6 +424,29 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   assert out['settings']['logq_weight'] == 0.5
   assert out['settings']['output_l2'] == 0.01
   assert 'cold_user_recall@20' not in out       # no cold slices in txt data
+  # tools/eval_gnn.py re-evaluates that checkpoint at other fan-outs, one
+  # JSON line each, and leaves the training config as it was.
+  saved = (tmp_path / 'run' / 'config.json').read_text()
+  ev = subprocess.run(
+      [sys.executable, 'tools/eval_gnn.py', f'--workdir={tmp_path / "run"}',
+       '--eval_fanouts=3,2', '--eval_fanouts=6,4'], cwd=helpers.REPO,
+      capture_output=True, text=True, timeout=600, env=helpers.env_with())
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  lines = [json.loads(x) for x in ev.stdout.strip().splitlines()[-2:]]
+  assert [x['eval_fanouts'] for x in lines] == [[3, 2], [6, 4]]
+  assert all(x['steps'] == 5 and 0 <= x['recall@20'] <= 1 for x in lines)
+  # At the training fan-outs (and the same evaluation seed) it is the run's.
+  assert lines[0]['recall@20'] == pytest.approx(out['recall@20'], abs=1e-6)
+  assert (tmp_path / 'run' / 'config.json').read_text() == saved
+  for args, msg in (([f'--workdir={tmp_path}'], 'no config.json'),
+                    ([f'--workdir={tmp_path / "run"}', '--eval_fanouts=3'],
+                     '--eval_fanouts=3: want 2 positive'),
+                    ([f'--workdir={tmp_path / "run"}',
+                      '--eval_fanouts=3,x'], '--eval_fanouts=3,x')):
+    bad = subprocess.run([sys.executable, 'tools/eval_gnn.py', *args],
+                         cwd=helpers.REPO, capture_output=True, text=True,
+                         timeout=600, env=helpers.env_with())
+    assert bad.returncode != 0 and msg in bad.stderr, bad.stderr[-2000:]
   # A workdir with checkpoints would resume instead of measuring: refused.
   again = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                          text=True, timeout=600, env=helpers.env_with())
@@ -384,6 +463,21 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
                          capture_output=True, text=True, timeout=600,
                          env=helpers.env_with())
     assert bad.returncode != 0 and flag in bad.stderr
+  # CCL with the softmax-only options of cmd: refused, naming them; alone it
+  # trains and the settings say so.
+  bad = subprocess.run(cmd[:-1] + ['--loss=ccl'], cwd=helpers.REPO,
+                       capture_output=True, text=True, timeout=600,
+                       env=helpers.env_with())
+  assert bad.returncode != 0 and 'loss.in_batch_negatives' in bad.stderr
+  ccl = subprocess.run(
+      cmd[:8] + ['--id_dropout=0', '--loss=ccl', '--margin=0.5',
+                 '--negative_weight=10', f'--workdir={tmp_path / "ccl"}'],
+      cwd=helpers.REPO, capture_output=True, text=True, timeout=600,
+      env=helpers.env_with())
+  assert ccl.returncode == 0, ccl.stderr[-3000:]
+  got = json.loads(ccl.stdout.strip().splitlines()[-1])['settings']
+  assert (got['loss'], got['margin'], got['negative_weight']) == (
+      'ccl', 0.5, 10.0)
   # LightGCN reads neither sampled-model option: refused, not ignored.
   for flag in ('--residual', '--output_l2=0.1'):
     bad = subprocess.run(

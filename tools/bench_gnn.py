@@ -70,6 +70,13 @@ _OUTPUT_L2 = flags.DEFINE_float(
     'output_l2', None, "L2 on the step's output embeddings (users, items, "
     'negatives); penalises their norms with --nonormalize. Default: config '
     '(0).')
+_LOSS = flags.DEFINE_enum(
+    'loss', None, ('softmax', 'ccl', 'bpr', 'multinomial'), 'Loss. Sampled '
+    'models: softmax or ccl (cosine contrastive). Default: config.')
+_MARGIN = flags.DEFINE_float('margin', None, 'ccl: cosine below which a '
+                             'negative costs nothing. Default: config.')
+_NEG_WEIGHT = flags.DEFINE_float('negative_weight', None, 'ccl: weight of '
+                                 "the negatives' mean hinge.")
 _NEG = flags.DEFINE_integer('num_negatives', None, 'Shared negatives per '
                             'batch. Default: config.')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate. Default: config.')
@@ -153,6 +160,9 @@ def _config():
                            (_NORMALIZE, c.loss, 'normalize'),
                            (_TEMPERATURE, c.loss, 'temperature'),
                            (_NEG, c.loss, 'num_negatives'),
+                           (_LOSS, c.loss, 'name'),
+                           (_MARGIN, c.loss, 'margin'),
+                           (_NEG_WEIGHT, c.loss, 'negative_weight'),
                            (_IN_BATCH, c.loss, 'in_batch_negatives'),
                            (_RESIDUAL, c.model, 'residual'),
                            (_LOGQ_WEIGHT, c.loss, 'logq_weight'),
@@ -194,12 +204,16 @@ def main(argv):
   out['settings'] = dict(
       batch_size=c.train.batch_size, embed_dim=c.model.embed_dim,
       id_dropout=c.model.get('id_dropout'),
-      normalize=c.loss.normalize, temperature=c.loss.temperature,
+      loss=c.loss.name, normalize=c.loss.normalize,
+      temperature=c.loss.temperature,
       num_negatives=c.loss.num_negatives,
       in_batch_negatives=c.loss.get('in_batch_negatives'),
       residual=c.model.get('residual'),
       logq_weight=c.loss.get('logq_weight'),
       output_l2=c.loss.get('output_l2'),
+      margin=c.loss.margin if c.loss.name == 'ccl' else None,
+      negative_weight=c.loss.negative_weight if c.loss.name == 'ccl'
+      else None,
       lr=c.optimizer.learning_rate, optimizer=c.optimizer.name,
       weight_decay=c.optimizer.get('weight_decay'),
       target_events=list(c.data.get('target_events') or ()) or None,

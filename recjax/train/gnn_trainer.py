@@ -167,9 +167,16 @@ def seed_block(graph: NodeGraph, sampler, pairs: dict, rng) -> dict:
   return block.as_dict()
 
 
+LOSSES = ('softmax', 'ccl')
+
+
 def check_loss(cfg) -> tuple[bool, float, float]:
   """The sampled models' loss options, checked: (in_batch_negatives,
   output_l2, logq_weight). Raises ValueError naming the bad key."""
+  name = cfg.loss.get('name', 'softmax')
+  if name not in LOSSES:
+    raise ValueError(f'loss.name={name!r}: the sampled models train with '
+                     f'one of {LOSSES}')
   in_batch = bool(cfg.loss.get('in_batch_negatives', False))
   out_l2 = float(cfg.loss.get('output_l2', 0.0))
   logq_w = float(cfg.loss.get('logq_weight', 1.0))
@@ -180,12 +187,26 @@ def check_loss(cfg) -> tuple[bool, float, float]:
     raise ValueError(f'loss.logq_weight={logq_w!r} scales the correction of '
                      'the in-batch negatives; set loss.in_batch_negatives '
                      'too, or leave it at 1')
+  if name == 'ccl':
+    if in_batch or out_l2:
+      raise ValueError('loss.name=ccl: loss.in_batch_negatives and '
+                       'loss.output_l2 are softmax options; unset them')
+    if not cfg.loss.get('normalize', True):
+      raise ValueError('loss.name=ccl scores cosines; set loss.normalize '
+                       'True')
+    margin = float(cfg.loss.get('margin', 0.9))
+    weight = float(cfg.loss.get('negative_weight', 150.0))
+    if not (-1.0 <= margin < 1.0 and math.isfinite(weight) and weight >= 0):
+      raise ValueError(f'loss.margin={margin!r} must be in [-1, 1) and '
+                       f'loss.negative_weight={weight!r} finite and >= 0')
   return in_batch, out_l2, logq_w
 
 
 def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
              item_counts: np.ndarray | None = None):
-  """Sampled softmax of each user's item against the shared negatives.
+  """Sampled softmax of each user's item against the shared negatives
+  (loss.name 'softmax'), or SimpleX's cosine contrastive loss over them
+  (loss.name 'ccl': loss.margin, loss.negative_weight; see `_ccl`).
 
   The block's seeds are `groups` consecutive runs of [b users | b items |
   m negatives (| b x H hard)]: one run per process when each process
@@ -211,6 +232,9 @@ def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
   """
   tau = cfg.loss.temperature
   in_batch, out_l2, logq_w = check_loss(cfg)
+  name = cfg.loss.get('name', 'softmax')
+  margin, neg_w = cfg.loss.get('margin', 0.9), cfg.loss.get(
+      'negative_weight', 150.0)
   if in_batch:
     if item_counts is None:
       raise ValueError('loss.in_batch_negatives needs the training pairs\' '
@@ -235,6 +259,8 @@ def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
       s_neg = s_neg - log_q[batch['neg']][None, :]
     s_neg = jnp.where(batch['pos'][:, None] == batch['neg'][None, :], -1e9,
                       s_neg)
+    if name == 'ccl':
+      return _ccl(u, p, n, emb, batch, b, m, groups, margin, neg_w)
     logits = [s_pos, s_neg]
     if in_batch:
       s_in = u @ p.T / tau - log_q[batch['pos']][None, :]   # [Gb, Gb]
@@ -253,6 +279,26 @@ def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
     return loss, dict(loss=loss)
 
   return loss_fn
+
+
+def _ccl(u, p, n, emb, batch, b: int, m: int, groups: int, margin: float,
+         weight: float):
+  """SimpleX's cosine contrastive loss over the shared negatives (and
+  PinSAGE's hard ones): relu(1 - cos(u, i+)) + weight * the mean over the
+  row's valid negatives of relu(cos(u, j) - margin). u, p [G*b, D] and
+  n [G*m, D] are unit vectors."""
+  cos_neg = u @ n.T                                              # [Gb, Gm]
+  valid = batch['pos'][:, None] != batch['neg'][None, :]
+  if 'hard' in batch:
+    hard = emb[:, 2 * b + m:].reshape(u.shape[0], -1, u.shape[1])
+    cos_neg = jnp.concatenate(
+        [cos_neg, jnp.einsum('bd,bhd->bh', u, hard)], -1)
+    valid = jnp.concatenate([valid, batch['hard_mask'] & (
+        batch['hard'] != batch['pos'][:, None])], -1)
+  hinge = jnp.sum(jax.nn.relu(cos_neg - margin) * valid, -1) / jnp.maximum(
+      jnp.sum(valid, -1), 1)
+  loss = jnp.mean(jax.nn.relu(1.0 - jnp.sum(u * p, -1)) + weight * hinge)
+  return loss, dict(loss=loss)
 
 
 def make_init_fn(model, tx, block, feats):
@@ -312,7 +358,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   """Trains a sampled GNN (resuming from checkpoints), then evaluates warm
   users, cold users and cold items. Returns a flat dict of figures."""
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and mode == 'train':   # eval keeps the record
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   t0 = time.perf_counter()
