@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,13 +27,14 @@ def market():
   return synthetic.generate_marketplace(cfg)
 
 
-def _model(kind, g, feats, num_relations, normalize=True):
+def _model(kind, g, feats, num_relations, normalize=True, activation='relu'):
   enc = NodeEncoder(num_nodes=g.num_nodes, embed_dim=16,
                     item_offset=g.offsets['item'], num_items=g.counts['item'],
                     text_vocab=int(feats['text'].max()) + 1,
                     price_buckets=16)
   return SampledGNN(kind=kind, encoder=enc, num_layers=2,
-                    num_relations=num_relations, heads=2, normalize=normalize)
+                    num_relations=num_relations, heads=2, normalize=normalize,
+                    activation=activation)
 
 
 @pytest.mark.parametrize('kind', ['graphsage', 'pinsage', 'gat', 'tgat'])
@@ -222,6 +224,43 @@ def test_ccl_loss_matches_hand_computation():
   with pytest.raises(ValueError, match="loss.name='bpr'"):
     gnn_trainer.check_loss(ml_collections.ConfigDict(dict(loss=dict(
         name='bpr'))))
+
+
+def test_linear_activation_makes_sage_affine_in_its_inputs(market):
+  # activation='linear' drops the ReLU between layers (LightGCN's finding
+  # for id-only data): the output is then affine in the id table, so
+  # f(T1) + f(T2) == f(T1 + T2) + f(0); with ReLU it is not.
+  g = NodeGraph.from_dataset(market)
+  feats = node_features(g, market)
+  s = samplers.NeighborSampler(g, (4, 3))
+  block = s.sample(g.ids('user', np.arange(8)),
+                   np.random.default_rng(0)).as_dict()
+  gaps = {}
+  for act in ('linear', 'relu'):
+    for kind in ('graphsage', 'pinsage'):
+      model = _model(kind, g, feats, s.num_relations, normalize=False,
+                     activation=act)
+      params = nn.meta.unbox(model.init(jax.random.key(0), block,
+                                        feats)['params'])
+      table = params['encoder']['embedding']
+      t1 = jax.random.normal(jax.random.key(1), table.shape)
+      t2 = jax.random.normal(jax.random.key(2), table.shape)
+
+      def out(t):
+        p = jax.tree.map(lambda x: x, params)
+        p['encoder']['embedding'] = t
+        return np.asarray(model.apply({'params': p}, block, feats))
+
+      gap = out(t1) + out(t2) - out(t1 + t2) - out(jnp.zeros_like(t1))
+      gaps[act, kind] = float(np.abs(gap).max()) / float(
+          np.abs(out(t1)).max())
+  assert gaps['linear', 'graphsage'] < 1e-4, gaps
+  assert gaps['linear', 'pinsage'] < 1e-4, gaps
+  assert gaps['relu', 'graphsage'] > 1e-2, gaps
+  assert gaps['relu', 'pinsage'] > 1e-2, gaps
+  with pytest.raises(ValueError, match='only graphsage and pinsage'):
+    _model('gat', g, feats, s.num_relations, activation='linear').init(
+        jax.random.key(0), block, feats)
 
 
 def test_unseen_item_is_embedded_from_content(market):

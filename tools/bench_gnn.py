@@ -62,6 +62,9 @@ _IN_BATCH = flags.DEFINE_bool(
 _RESIDUAL = flags.DEFINE_bool(
     'residual', None, "Add each seed's input embedding to the last layer's "
     'output (the id row reaches the score directly). Default: config.')
+_ACTIVATION = flags.DEFINE_enum(
+    'activation', None, ('relu', 'linear'), 'graphsage, pinsage: between '
+    'layers. Default: config (relu).')
 _LOGQ_WEIGHT = flags.DEFINE_float(
     'logq_weight', None, 'With --in_batch_negatives: the multiple of the '
     'logQ correction applied, >= 0 (below 1 keeps part of the popularity '
@@ -110,7 +113,8 @@ def _config():
     if _ID_DROPOUT.value is not None:
       raise app.UsageError('--id_dropout: lightgcn has no content path, so '
                            'it never hides ids')
-    for flag in (_IN_BATCH, _RESIDUAL, _LOGQ_WEIGHT, _OUTPUT_L2):
+    for flag in (_IN_BATCH, _RESIDUAL, _LOGQ_WEIGHT, _OUTPUT_L2,
+                 _ACTIVATION):
       if flag.value is not None:
         raise app.UsageError(f'--{flag.name}: a sampled-model option; '
                              'lightgcn does not read it')
@@ -165,6 +169,7 @@ def _config():
                            (_NEG_WEIGHT, c.loss, 'negative_weight'),
                            (_IN_BATCH, c.loss, 'in_batch_negatives'),
                            (_RESIDUAL, c.model, 'residual'),
+                           (_ACTIVATION, c.model, 'activation'),
                            (_LOGQ_WEIGHT, c.loss, 'logq_weight'),
                            (_OUTPUT_L2, c.loss, 'output_l2'),
                            (_LR, c.optimizer, 'learning_rate')):
@@ -172,6 +177,10 @@ def _config():
       node[key] = value.value
   if _TARGETS.value is not None:
     c.data.target_events = tuple(_TARGETS.value)
+  if _ACTIVATION.value not in (None, 'relu') and _MODEL.value not in (
+      'graphsage', 'pinsage'):
+    raise app.UsageError(f'--activation={_ACTIVATION.value}: only graphsage '
+                         'and pinsage take another activation')
   if _MODEL.value != 'lightgcn':
     from recjax.train import gnn_trainer
     try:
@@ -209,6 +218,7 @@ def main(argv):
       num_negatives=c.loss.num_negatives,
       in_batch_negatives=c.loss.get('in_batch_negatives'),
       residual=c.model.get('residual'),
+      activation=c.model.get('activation'),
       logq_weight=c.loss.get('logq_weight'),
       output_l2=c.loss.get('output_l2'),
       margin=c.loss.margin if c.loss.name == 'ccl' else None,

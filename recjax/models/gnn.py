@@ -104,13 +104,25 @@ class NodeEncoder(nn.Module):
     return x * valid[:, None]
 
 
+def _activation(name: str):
+  """'relu' or 'linear' (identity: LightGCN's finding that, on id-only
+  collaborative data, dropping the nonlinearity between layers helps)."""
+  if name == 'relu':
+    return nn.relu
+  if name == 'linear':
+    return lambda x: x
+  raise ValueError(f"model.activation={name!r}: 'relu' or 'linear'")
+
+
 class SAGELayer(nn.Module):
   """GraphSAGE: h' = act(W [h || agg(children)]) ('concat') or
-  act(W1 h + W2 agg) ('skip'); agg = 'mean' or 'pool' (max of a ReLU MLP)."""
+  act(W1 h + W2 agg) ('skip'); agg = 'mean' or 'pool' (max of a ReLU MLP);
+  act = ReLU, or the identity with activation 'linear'."""
   dim: int
   aggregator: str = 'mean'
   combine: str = 'concat'
   last: bool = False
+  activation: str = 'relu'
 
   @nn.compact
   def __call__(self, h, h_nb, rel, weight, dt):
@@ -134,24 +146,27 @@ class SAGELayer(nn.Module):
           self.dim, use_bias=False, name='neighbors')(m)
     else:
       raise ValueError(f"combine {self.combine!r}: 'concat' or 'skip'")
-    return out if self.last else nn.relu(out)
+    return out if self.last else _activation(self.activation)(out)
 
 
 class PinSAGELayer(nn.Module):
-  """PinSAGE importance pooling: m = sum_j w_j relu(Q h_j) / sum_j w_j with w
-  the normalised random-walk visit counts; h' = relu(W [h || m])."""
+  """PinSAGE importance pooling: m = sum_j w_j act(Q h_j) / sum_j w_j with w
+  the normalised random-walk visit counts; h' = act(W [h || m]); act = ReLU,
+  or the identity with activation 'linear'."""
   dim: int
   last: bool = False
+  activation: str = 'relu'
 
   @nn.compact
   def __call__(self, h, h_nb, rel, weight, dt):
     n = h.shape[0]
     seg = _segments(n, h_nb.shape[0])
-    q = nn.relu(nn.Dense(self.dim, name='transform')(h_nb))
+    act = _activation(self.activation)
+    q = act(nn.Dense(self.dim, name='transform')(h_nb))
     m = jax.ops.segment_sum(q * weight[:, None], seg, n)
     m = m / jnp.maximum(jax.ops.segment_sum(weight, seg, n), 1e-9)[:, None]
     out = nn.Dense(self.dim, name='combine')(jnp.concatenate([h, m], -1))
-    return out if self.last else nn.relu(out)
+    return out if self.last else act(out)
 
 
 class RelGATLayer(nn.Module):
@@ -249,6 +264,7 @@ class SampledGNN(nn.Module):
     residual: add each seed's input embedding (NodeEncoder) to the last
       layer's output, so its id row reaches the score directly, as in
       LightGCN's sum over layers.
+    activation: 'relu' or 'linear' between layers (graphsage, pinsage).
   """
   kind: str
   encoder: NodeEncoder
@@ -259,14 +275,19 @@ class SampledGNN(nn.Module):
   heads: int = 4
   normalize: bool = True
   residual: bool = False
+  activation: str = 'relu'
 
   def _layer(self, k: int) -> nn.Module:
     d, last = self.encoder.embed_dim, k == self.num_layers - 1
     name = f'layer{k}'
     if self.kind == 'graphsage':
-      return SAGELayer(d, self.aggregator, self.combine, last, name=name)
+      return SAGELayer(d, self.aggregator, self.combine, last,
+                       self.activation, name=name)
     if self.kind == 'pinsage':
-      return PinSAGELayer(d, last, name=name)
+      return PinSAGELayer(d, last, self.activation, name=name)
+    if self.activation != 'relu':
+      raise ValueError(f'model.activation={self.activation!r}: only '
+                       'graphsage and pinsage take another activation')
     if self.kind == 'gat':
       return RelGATLayer(d, self.num_relations, self.heads, last=last,
                          name=name)

@@ -100,7 +100,8 @@ def build_model(config, graph: NodeGraph, feats: dict, sampler,
       config.graph.fanouts), num_relations=sampler.num_relations,
                     aggregator=m.aggregator, combine=m.combine, heads=m.heads,
                     normalize=config.loss.get('normalize', True),
-                    residual=bool(m.get('residual', False)))
+                    residual=bool(m.get('residual', False)),
+                    activation=m.get('activation', 'relu'))
 
 
 class PairStream:
