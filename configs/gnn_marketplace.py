@@ -35,7 +35,8 @@ def get_config(model: str = 'graphsage'):
   c.model.embed_dim = 64
   c.model.aggregator = 'mean'     # graphsage: 'mean' | 'pool'
   c.model.combine = 'concat'      # graphsage: 'concat' | 'skip'
-  # graphsage, pinsage: 'relu' | 'linear' (no nonlinearity between layers)
+  # graphsage, pinsage: 'relu' | 'linear' (no nonlinearity between layers;
+  # graphsage's 'pool' aggregator keeps its ReLU MLP)
   c.model.activation = 'relu'
   c.model.heads = 4               # gat, tgat
   # Hide a node's id with this probability in training, so content and

@@ -181,8 +181,7 @@ def test_ccl_loss_matches_hand_computation():
   hard_mask = np.array([[True, True]] * 3 + [[True, False]])
 
   class Fixed:
-    def apply(self, *args, **kwargs):
-      return emb
+    pass
 
   def loss(with_hard, **kw):
     cfg = ml_collections.ConfigDict(dict(loss=dict(dict(
@@ -214,8 +213,9 @@ def test_ccl_loss_matches_hand_computation():
   assert loss(True) == pytest.approx(by_hand(True), rel=1e-5)
   assert by_hand(True) != pytest.approx(by_hand(False), rel=1e-3)
   # CCL scores cosines with its own negatives: softmax-only options refused.
-  for kw, match in ((dict(in_batch_negatives=True), 'softmax options'),
-                    (dict(output_l2=0.1), 'softmax options'),
+  for kw, match in ((dict(in_batch_negatives=True),
+                     'loss.in_batch_negatives is a softmax'),
+                    (dict(output_l2=0.1), 'loss.output_l2 is a softmax'),
                     (dict(normalize=False), 'normalize'),
                     (dict(margin=1.5), 'loss.margin'),
                     (dict(negative_weight=-1.0), 'negative_weight')):
@@ -433,6 +433,12 @@ def test_id_dropout_is_checked():
     c = ml_collections.ConfigDict(dict(model=dict(id_dropout=bad)))
     with pytest.raises(ValueError, match=rf'model.id_dropout={bad}'):
       gnn_trainer.build_model(c, None, {}, None)
+  # So is the activation, before any data or model is built.
+  for name, act in (('graphsage', 'Relu'), ('gat', 'linear')):
+    c = ml_collections.ConfigDict(dict(model=dict(
+        name=name, id_dropout=0.0, activation=act)))
+    with pytest.raises(ValueError, match=f"model.activation='{act}'"):
+      gnn_trainer.build_model(c, None, {}, None)
 
 
 def test_bench_gnn_reads_lightgcn_txt(tmp_path):
@@ -508,6 +514,10 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
                        capture_output=True, text=True, timeout=600,
                        env=helpers.env_with())
   assert bad.returncode != 0 and 'loss.in_batch_negatives' in bad.stderr
+  bad = subprocess.run(cmd[:-1] + ['--margin=0.5'], cwd=helpers.REPO,
+                       capture_output=True, text=True, timeout=600,
+                       env=helpers.env_with())
+  assert bad.returncode != 0 and '--margin: a ccl option' in bad.stderr
   ccl = subprocess.run(
       cmd[:8] + ['--id_dropout=0', '--loss=ccl', '--margin=0.5',
                  '--negative_weight=10', f'--workdir={tmp_path / "ccl"}'],

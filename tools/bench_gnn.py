@@ -79,7 +79,7 @@ _LOSS = flags.DEFINE_enum(
 _MARGIN = flags.DEFINE_float('margin', None, 'ccl: cosine below which a '
                              'negative costs nothing. Default: config.')
 _NEG_WEIGHT = flags.DEFINE_float('negative_weight', None, 'ccl: weight of '
-                                 "the negatives' mean hinge.")
+                                 "the negatives' mean hinge. Default: config.")
 _NEG = flags.DEFINE_integer('num_negatives', None, 'Shared negatives per '
                             'batch. Default: config.')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate. Default: config.')
@@ -181,6 +181,10 @@ def _config():
       'graphsage', 'pinsage'):
     raise app.UsageError(f'--activation={_ACTIVATION.value}: only graphsage '
                          'and pinsage take another activation')
+  for flag in (_MARGIN, _NEG_WEIGHT):
+    if flag.value is not None and c.loss.name != 'ccl':
+      raise app.UsageError(f'--{flag.name}: a ccl option; the loss is '
+                           f'{c.loss.name!r} (add --loss=ccl)')
   if _MODEL.value != 'lightgcn':
     from recjax.train import gnn_trainer
     try:

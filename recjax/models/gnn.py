@@ -117,7 +117,8 @@ def _activation(name: str):
 class SAGELayer(nn.Module):
   """GraphSAGE: h' = act(W [h || agg(children)]) ('concat') or
   act(W1 h + W2 agg) ('skip'); agg = 'mean' or 'pool' (max of a ReLU MLP);
-  act = ReLU, or the identity with activation 'linear'."""
+  act = ReLU, or the identity with activation 'linear' (the 'pool'
+  aggregator's MLP keeps its ReLU)."""
   dim: int
   aggregator: str = 'mean'
   combine: str = 'concat'
