@@ -177,10 +177,6 @@ def _config():
       node[key] = value.value
   if _TARGETS.value is not None:
     c.data.target_events = tuple(_TARGETS.value)
-  if _ACTIVATION.value not in (None, 'relu') and _MODEL.value not in (
-      'graphsage', 'pinsage'):
-    raise app.UsageError(f'--activation={_ACTIVATION.value}: only graphsage '
-                         'and pinsage take another activation')
   for flag in (_MARGIN, _NEG_WEIGHT):
     if flag.value is not None and c.loss.name != 'ccl':
       raise app.UsageError(f'--{flag.name}: a ccl option; the loss is '
@@ -189,6 +185,7 @@ def _config():
     from recjax.train import gnn_trainer
     try:
       gnn_trainer.check_loss(c)
+      gnn_trainer.check_activation(c)
     except ValueError as e:       # e.g. --logq_weight without in-batch ones
       raise app.UsageError(str(e)) from None
   c.train.budget_minutes = _BUDGET.value

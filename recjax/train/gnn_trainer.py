@@ -83,6 +83,18 @@ def content_sizes(feats: dict) -> dict:
       else 0)
 
 
+def check_activation(config) -> str:
+  """model.activation, checked: 'relu', or 'linear' for graphsage and
+  pinsage. Raises ValueError naming it."""
+  m = config.model
+  activation = m.get('activation', 'relu')
+  if activation not in ('relu', 'linear') or (
+      activation != 'relu' and m.name not in ('graphsage', 'pinsage')):
+    raise ValueError(f'model.activation={activation!r}: want relu, or linear '
+                     'for graphsage and pinsage')
+  return activation
+
+
 def build_model(config, graph: NodeGraph, feats: dict, sampler,
                 pad_to: int = 128, sizes: dict | None = None) -> SampledGNN:
   """The configured SampledGNN; `sizes` (content_sizes) default to feats'."""
@@ -90,11 +102,7 @@ def build_model(config, graph: NodeGraph, feats: dict, sampler,
   if not 0.0 <= m.id_dropout < 1.0:
     raise ValueError(f'model.id_dropout={m.id_dropout!r}: want a '
                      'probability in [0, 1)')
-  activation = m.get('activation', 'relu')
-  if activation not in ('relu', 'linear') or (
-      activation != 'relu' and m.name not in ('graphsage', 'pinsage')):
-    raise ValueError(f'model.activation={activation!r}: want relu, or linear '
-                     'for graphsage and pinsage')
+  activation = check_activation(config)
   sizes = sizes or content_sizes(feats)
   enc = NodeEncoder(
       num_nodes=graph.num_nodes, embed_dim=m.embed_dim,
