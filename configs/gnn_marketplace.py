@@ -67,6 +67,11 @@ def get_config(model: str = 'graphsage'):
   # L2 on the step's output embeddings; penalises their norms when scores
   # are dot products (normalize False). A constant with unit vectors.
   c.loss.output_l2 = 0.0
+  # LightGCN's L2 on the id-table rows of the step's users, items and
+  # negatives. It replaces common's loss.l2, removed so that setting that
+  # key here fails instead of doing nothing.
+  c.loss.id_l2 = 0.0
+  del c.loss['l2']
   c.optimizer.learning_rate = 2e-3
   c.optimizer.schedule = 'cosine'
   c.train.batch_size = 512

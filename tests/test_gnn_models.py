@@ -226,6 +226,52 @@ def test_ccl_loss_matches_hand_computation():
         name='bpr'))))
 
 
+def test_id_l2_adds_lightgcns_l2_on_the_seeds_id_rows():
+  # loss.id_l2 adds id_l2 * 0.5 * sum of the squared id-table rows of the
+  # users, items and shared negatives / (G * b): not hard negatives, not
+  # padding; per process run when G > 1.
+  import ml_collections
+  from recjax.train import gnn_trainer
+  b, m, h, d, groups = 3, 2, 2, 4, 2
+  run = 2 * b + m + b * h
+  rng = np.random.default_rng(0)
+  table = jnp.asarray(rng.normal(size=(40, d)), jnp.float32)
+  ids = rng.integers(0, 38, groups * run).astype(np.int32)
+  ids[b] = -1                                   # a padded seed: no term
+  emb = jnp.asarray(rng.normal(size=(groups * run, d)), jnp.float32)
+  emb = emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
+  batch = dict(block=dict(ids=[jnp.asarray(ids)]),
+               pos=jnp.asarray(rng.integers(0, 9, groups * b)),
+               neg=jnp.asarray(rng.integers(0, 9, groups * m)),
+               hard=jnp.asarray(rng.integers(0, 9, (groups * b, h))),
+               hard_mask=jnp.ones((groups * b, h), bool))
+
+  class Fixed:
+    apply = lambda self, *a, **k: emb
+
+  def loss(**kw):
+    cfg = ml_collections.ConfigDict(dict(loss=dict(dict(
+        name='softmax', temperature=0.5), **kw)))
+    out, aux = gnn_trainer._loss_fn(Fixed(), cfg, b, m, groups=groups)(
+        {'encoder': {'embedding': table}}, batch, None, None)
+    return float(out), aux
+
+  keep = [g * run + j for g in range(groups) for j in range(2 * b + m)
+          if ids[g * run + j] >= 0]
+  by_hand = 0.5 * float(np.sum(np.asarray(table)[ids[keep]]**2)) / (
+      groups * b)
+  base, aux0 = loss()
+  with_l2, aux = loss(id_l2=0.3)
+  assert 'id_reg' not in aux0
+  assert float(aux['id_reg']) == pytest.approx(by_hand, rel=1e-5)
+  assert with_l2 - base == pytest.approx(0.3 * by_hand, rel=1e-4)
+  ccl, ccl_l2 = loss(name='ccl')[0], loss(name='ccl', id_l2=0.3)[0]
+  assert ccl_l2 - ccl == pytest.approx(0.3 * by_hand, rel=1e-4)
+  for bad in (-1.0, float('nan')):
+    with pytest.raises(ValueError, match='loss.id_l2'):
+      loss(id_l2=bad)
+
+
 def test_linear_activation_makes_sage_affine_in_its_inputs(market):
   # activation='linear' drops the ReLU between layers (LightGCN's finding
   # for id-only data): the output is then affine in the id table, so
@@ -450,16 +496,36 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
       tr.write(' '.join(map(str, [u, *items[:9]])) + '\n')
       te.write(' '.join(map(str, [u, *items[9:]])) + '\n')
   cmd = [sys.executable, 'tools/bench_gnn.py', '--model=graphsage',
-         f'--data={tmp_path}', '--steps=5', '--batch_size=64',
+         f'--data={tmp_path}', '--steps=17', '--batch_size=64',
          '--fanouts=3,2', '--embed_dim=8', '--nonormalize',
          '--temperature=1', '--id_dropout=0', '--in_batch_negatives',
          '--residual', '--weight_decay=0.01', '--logq_weight=0.5',
-         '--output_l2=0.01', f'--workdir={tmp_path / "run"}']
+         '--output_l2=0.01', '--id_l2=0.02', '--eval_every_epochs=1',
+         f'--workdir={tmp_path / "run"}']
   proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
                         text=True, timeout=600, env=helpers.env_with())
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert out['steps'] == 5 and 0 <= out['recall@20'] <= 1
+  assert out['steps'] == 17 and 0 <= out['recall@20'] <= 1
+  # 1080 pairs / 64 = 16 steps an epoch: evaluated once, after epoch 1.
+  assert [(h['step'], h['epoch']) for h in out['history']] == [(16, 1.0)]
+  assert 0 <= out['history'][0]['recall@20'] <= 1
+  assert 'ndcg@20' in out['history'][0]
+  assert out['settings']['id_l2'] == 0.02
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    logged = [json.loads(l) for l in f if l.strip()]
+  assert any(r.get('train/id_reg', 0) > 0 for r in logged)
+  # Evaluating during training leaves training as it was: the same run
+  # without it ends on the same figures.
+  quiet = subprocess.run(
+      [a for a in cmd[:-1] if a != '--eval_every_epochs=1'] +
+      [f'--workdir={tmp_path / "quiet"}'], cwd=helpers.REPO,
+      capture_output=True, text=True, timeout=600, env=helpers.env_with())
+  assert quiet.returncode == 0, quiet.stderr[-3000:]
+  q = json.loads(quiet.stdout.strip().splitlines()[-1])
+  assert 'history' not in q
+  assert (q['recall@20'], q['ndcg@20']) == pytest.approx(
+      (out['recall@20'], out['ndcg@20']), abs=1e-6)
   assert out['settings']['normalize'] is False
   assert out['settings']['id_dropout'] == 0
   assert out['settings']['in_batch_negatives'] is True
@@ -479,7 +545,7 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   assert ev.returncode == 0, ev.stderr[-3000:]
   lines = [json.loads(x) for x in ev.stdout.strip().splitlines()[-2:]]
   assert [x['eval_fanouts'] for x in lines] == [[3, 2], [6, 4]]
-  assert all(x['steps'] == 5 and 0 <= x['recall@20'] <= 1 for x in lines)
+  assert all(x['steps'] == 17 and 0 <= x['recall@20'] <= 1 for x in lines)
   # At the training fan-outs (and the same evaluation seed) it is the run's.
   assert lines[0]['recall@20'] == pytest.approx(out['recall@20'], abs=1e-6)
   assert (tmp_path / 'run' / 'config.json').read_text() == saved
@@ -503,7 +569,7 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
                        env=helpers.env_with())
   assert bad.returncode != 0 and '--id_dropout=1.5' in bad.stderr
   for flag in ('--weight_decay=-1', '--logq_weight=-1', '--output_l2=nan',
-               '--output_l2=-1'):
+               '--output_l2=-1', '--id_l2=-1', '--eval_every_epochs=-1'):
     bad = subprocess.run(cmd[:-1] + [flag], cwd=helpers.REPO,
                          capture_output=True, text=True, timeout=600,
                          env=helpers.env_with())

@@ -185,6 +185,22 @@ def _train(shard_dir, workdir, *flags, fault_at=0):
                         text=True, timeout=600)
 
 
+def test_sharded_trainer_refuses_what_needs_the_whole_graph(tmp_path):
+  # Named before any shard is read: evaluation during training and
+  # PinSAGE's hard negatives need the whole graph, a process has its parts.
+  import gnn_shards
+  from recjax.train import shard_trainer
+  c = gnn_shards.get_config('graphsage')
+  c.data.shards = str(tmp_path / 'absent')
+  c.train.eval_every_epochs = 1
+  with pytest.raises(ValueError, match='train.eval_every_epochs'):
+    shard_trainer.train_and_evaluate(c, str(tmp_path / 'w'))
+  c.train.eval_every_epochs = 0
+  c.graph.num_hard_negatives = 2
+  with pytest.raises(ValueError, match='graph.num_hard_negatives'):
+    shard_trainer.train_and_evaluate(c, str(tmp_path / 'w'))
+
+
 def _log(workdir):
   with open(os.path.join(workdir, 'batches.jsonl')) as f:
     return [json.loads(l) for l in f if l.strip()]

@@ -17,7 +17,8 @@ popularity_recall@20, train_s, seeds_per_s (training pairs per second),
 peak_rss_mb, and on the marketplace cold_user_recall@20,
 cold_item_recall@20, popularity_cold_user_recall@20,
 popularity_cold_item_recall@20 (and the ndcg@20 of each), plus epochs,
-step_s and the settings.
+step_s and the settings; with --eval_every_epochs, a history of the
+evaluations during training.
 """
 
 import json
@@ -73,6 +74,9 @@ _OUTPUT_L2 = flags.DEFINE_float(
     'output_l2', None, "L2 on the step's output embeddings (users, items, "
     'negatives); penalises their norms with --nonormalize. Default: config '
     '(0).')
+_ID_L2 = flags.DEFINE_float(
+    'id_l2', None, "LightGCN's L2 on the id-table rows of the step's users, "
+    'items and negatives (sampled models). Default: config (0).')
 _LOSS = flags.DEFINE_enum(
     'loss', None, ('softmax', 'ccl', 'bpr', 'multinomial'), 'Loss. Sampled '
     'models: softmax or ccl (cosine contrastive). Default: config.')
@@ -93,6 +97,11 @@ _USERS = flags.DEFINE_integer('users', None, 'Marketplace users.')
 _ITEMS = flags.DEFINE_integer('items', None, 'Marketplace items.')
 _SELLERS = flags.DEFINE_integer('sellers', None, 'Marketplace sellers.')
 _EVENTS = flags.DEFINE_integer('events', None, 'Marketplace events.')
+_EVAL_EVERY = flags.DEFINE_integer(
+    'eval_every_epochs', 0, 'Also evaluate every N epochs (the JSON\'s '
+    'history: step, epoch, recall@20, ndcg@20 and, for the sampled models '
+    'on the marketplace, the cold recalls); its time is not train_s. 0: only '
+    'at the end.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Default: a temp dir.')
 
 KEYS = ('recall@20', 'ndcg@20', 'popularity_recall@20',
@@ -114,10 +123,11 @@ def _config():
       raise app.UsageError('--id_dropout: lightgcn has no content path, so '
                            'it never hides ids')
     for flag in (_IN_BATCH, _RESIDUAL, _LOGQ_WEIGHT, _OUTPUT_L2,
-                 _ACTIVATION):
+                 _ACTIVATION, _ID_L2):
       if flag.value is not None:
         raise app.UsageError(f'--{flag.name}: a sampled-model option; '
-                             'lightgcn does not read it')
+                             'lightgcn does not read it (its L2 on the id '
+                             'rows is tools/bench_lightgcn.py --l2)')
     if on_path:
       import lightgcn_gowalla
       c = lightgcn_gowalla.get_config()
@@ -140,7 +150,7 @@ def _config():
                            'finite value >= 0')
     c.optimizer.name = 'adamw'
     c.optimizer.weight_decay = _WEIGHT_DECAY.value
-  for flag in (_LOGQ_WEIGHT, _OUTPUT_L2):
+  for flag in (_LOGQ_WEIGHT, _OUTPUT_L2, _ID_L2):
     if flag.value is not None and not (math.isfinite(flag.value)
                                        and flag.value >= 0):
       raise app.UsageError(f'--{flag.name}={flag.value}: want a finite '
@@ -172,6 +182,7 @@ def _config():
                            (_ACTIVATION, c.model, 'activation'),
                            (_LOGQ_WEIGHT, c.loss, 'logq_weight'),
                            (_OUTPUT_L2, c.loss, 'output_l2'),
+                           (_ID_L2, c.loss, 'id_l2'),
                            (_LR, c.optimizer, 'learning_rate')):
     if value.value is not None:
       node[key] = value.value
@@ -189,7 +200,10 @@ def _config():
     except ValueError as e:       # e.g. --logq_weight without in-batch ones
       raise app.UsageError(str(e)) from None
   c.train.budget_minutes = _BUDGET.value
-  c.train.eval_every_epochs = 0
+  if _EVAL_EVERY.value < 0:
+    raise app.UsageError(f'--eval_every_epochs={_EVAL_EVERY.value}: want '
+                         '>= 0')
+  c.train.eval_every_epochs = _EVAL_EVERY.value
   c.train.checkpoint_every_steps = 10**9   # Benchmarks time training only.
   c.train.tensorboard = False
   return c
@@ -209,6 +223,8 @@ def main(argv):
   r = chosen.train_and_evaluate(c, workdir)
   out = dict(model=_MODEL.value, data=_DATA.value)
   out.update({k: r[k] for k in KEYS if k in r})
+  if r.get('history'):
+    out['history'] = r['history']
   out['seeds_per_s'] = round(
       r['steps'] * c.train.batch_size / max(r['train_s'], 1e-9), 1)
   out['settings'] = dict(
@@ -222,6 +238,7 @@ def main(argv):
       activation=c.model.get('activation'),
       logq_weight=c.loss.get('logq_weight'),
       output_l2=c.loss.get('output_l2'),
+      id_l2=c.loss.get('id_l2'),
       margin=c.loss.margin if c.loss.name == 'ccl' else None,
       negative_weight=c.loss.negative_weight if c.loss.name == 'ccl'
       else None,

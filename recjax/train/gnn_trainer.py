@@ -83,6 +83,20 @@ def content_sizes(feats: dict) -> dict:
       else 0)
 
 
+def check_eval_every(config) -> int:
+  """train.eval_every_epochs, checked: an integer >= 0 (0: evaluate only
+  at the end). train.patience is refused: this trainer records the curve
+  but does not stop early (it would select on the test split)."""
+  every = config.train.get('eval_every_epochs', 0)
+  if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+    raise ValueError(f'train.eval_every_epochs={every!r}: want an integer '
+                     '>= 0 (0: evaluate only at the end)')
+  if config.train.get('patience', 0):
+    raise ValueError(f'train.patience={config.train.patience!r}: the sampled '
+                     'models do not stop early; set it to 0')
+  return every
+
+
 def check_activation(config) -> str:
   """model.activation, checked: 'relu', or 'linear' for graphsage and
   pinsage. Raises ValueError naming it."""
@@ -182,6 +196,9 @@ def seed_block(graph: NodeGraph, sampler, pairs: dict, rng) -> dict:
 
 
 SAMPLED_LOSSES = ('softmax', 'ccl')
+# The figures kept per evaluation during training (`history`).
+CURVE_KEYS = ('recall@20', 'ndcg@20', 'cold_user_recall@20',
+              'cold_item_recall@20')
 
 
 class LossOptions(NamedTuple):
@@ -190,6 +207,7 @@ class LossOptions(NamedTuple):
   in_batch: bool
   output_l2: float
   logq_weight: float
+  id_l2: float
   margin: float            # ccl only
   negative_weight: float   # ccl only
 
@@ -203,8 +221,10 @@ def check_loss(cfg) -> LossOptions:
                      f'one of {SAMPLED_LOSSES}')
   in_batch = bool(cfg.loss.get('in_batch_negatives', False))
   out_l2 = float(cfg.loss.get('output_l2', 0.0))
+  id_l2 = float(cfg.loss.get('id_l2', 0.0))
   logq_w = float(cfg.loss.get('logq_weight', 1.0))
-  for key, v in (('output_l2', out_l2), ('logq_weight', logq_w)):
+  for key, v in (('output_l2', out_l2), ('id_l2', id_l2),
+                 ('logq_weight', logq_w)):
     if not (math.isfinite(v) and v >= 0.0):
       raise ValueError(f'loss.{key}={v!r}: want a finite value >= 0')
   if logq_w != 1.0 and not in_batch:
@@ -227,7 +247,7 @@ def check_loss(cfg) -> LossOptions:
     if not (math.isfinite(weight) and weight >= 0):
       raise ValueError(f'loss.negative_weight={weight!r}: want a finite '
                        'value >= 0')
-  return LossOptions(name, in_batch, out_l2, logq_w, margin, weight)
+  return LossOptions(name, in_batch, out_l2, logq_w, id_l2, margin, weight)
 
 
 def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
@@ -257,6 +277,15 @@ def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
   PinSAGE's hard ones) / the number of users (G*b). With dot-product scores
   (loss.normalize False) it penalises their norms, as LightGCN's loss.l2
   does its layer-0 rows; with unit vectors it is a constant.
+
+  loss.id_l2 (default 0) is LightGCN's loss.l2 itself: id_l2 * 0.5 * the
+  sum of the squared id-table rows (NodeEncoder 'embedding') of the step's
+  users, items and shared negatives / G*b. It holds back the id rows, the
+  bulk of the parameters, which otherwise keep growing on dot-product
+  scores; unlike output_l2 it also works with the ccl loss. It takes each
+  seed's own row, also for items without training edges (which read their
+  type's 'unknown' row instead) and for ids hidden by id_dropout: an L2 on
+  a row the step does not read only shrinks it.
   """
   tau = cfg.loss.temperature
   opts = check_loss(cfg)
@@ -279,8 +308,9 @@ def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
     p = emb[:, b:2 * b].reshape(-1, d)
     n = emb[:, 2 * b:2 * b + m].reshape(-1, d)
     if opts.name == 'ccl':
-      return _ccl(u, p, n, emb, batch, b, m, opts.margin,
-                  opts.negative_weight)
+      loss, aux = _ccl(u, p, n, emb, batch, b, m, opts.margin,
+                       opts.negative_weight)
+      return _with_id_l2(loss, aux, params, batch, opts.id_l2, b, m, groups)
     s_pos = jnp.sum(u * p, -1, keepdims=True) / tau
     s_neg = u @ n.T / tau
     if in_batch:
@@ -300,12 +330,29 @@ def _loss_fn(model, cfg, b: int, m: int, groups: int = 1,
           batch['hard'] != batch['pos'][:, None]), s_hard, -1e9))
     logits = jnp.concatenate(logits, -1)
     loss = jnp.mean(jax.nn.logsumexp(logits, -1) - s_pos[:, 0])
+    aux = dict(loss=loss)
     if out_l2:
       reg = 0.5 * (jnp.sum(u**2) + jnp.sum(p**2) + jnp.sum(n**2)) / u.shape[0]
-      return loss + out_l2 * reg, dict(loss=loss, reg=reg)
-    return loss, dict(loss=loss)
+      loss, aux['reg'] = loss + out_l2 * reg, reg
+    return _with_id_l2(loss, aux, params, batch, opts.id_l2, b, m, groups)
 
   return loss_fn
+
+
+def _with_id_l2(loss, aux, params, batch, id_l2: float, b: int, m: int,
+                groups: int):
+  """loss + id_l2 * 0.5 * sum of the squared id-table rows of the seeds
+  [users | items | shared negatives] (not hard ones) of each of the `groups`
+  runs / G*b; aux gains 'id_reg'. Unchanged when id_l2 is 0."""
+  if not id_l2:
+    return loss, aux
+  ids = batch['block']['ids'][0].reshape(groups, -1)[:, :2 * b + m]
+  ids = ids.reshape(-1)
+  rows = params['encoder']['embedding'][jnp.maximum(ids, 0)]
+  reg = 0.5 * jnp.sum(jnp.where((ids >= 0)[:, None], rows, 0.0)**2) / (
+      groups * b)
+  aux['id_reg'] = reg
+  return loss + id_l2 * reg, aux
 
 
 def _ccl(u, p, n, emb, batch, b: int, m: int, margin: float, weight: float):
@@ -385,7 +432,9 @@ class Embedder:
 
 def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   """Trains a sampled GNN (resuming from checkpoints), then evaluates warm
-  users, cold users and cold items. Returns a flat dict of figures."""
+  users, cold users and cold items. Returns a dict of figures; with
+  train.eval_every_epochs, 'history' lists the evaluations during training
+  (step, epoch, recall@20, ndcg@20 and the cold recalls)."""
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0 and mode == 'train':   # eval keeps the record
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -398,6 +447,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   sampler = make_sampler(config, graph)
   eval_fanouts(config)                 # a bad value fails before training
   check_loss(config)
+  every = check_eval_every(config)
   hard_table, num_hard = None, 0
   if config.model.name == 'pinsage' and config.graph.num_hard_negatives:
     hard_table = samplers_lib.hard_negative_table(
@@ -464,6 +514,10 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   writer = MetricWriter(workdir, tensorboard=config.train.tensorboard)
   budget_s = config.train.budget_minutes * 60.0
   train_s, step, last_loss, losses = 0.0, start, None, []
+  # Evaluation during training (train.eval_every_epochs, 0 = none): the
+  # learning curve, as the LightGCN trainer records it. Its time is not
+  # training time.
+  eval_every, history = every * spe, []
   if mode == 'train' and step < total:
     bar = tqdm.tqdm(total=total, initial=step, desc='train', unit='step',
                     disable=not config.train.progress or
@@ -479,6 +533,17 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       if step % config.train.checkpoint_every_steps == 0:
         checkpoint.save(mgr, step, state)
       train_s = time.perf_counter() - t_loop
+      if eval_every and step % eval_every == 0 and step < total:
+        jax.block_until_ready(state)     # this step's compute is training
+        train_s = time.perf_counter() - t_loop
+        t_eval = time.perf_counter()
+        ev = evaluate_all(config, ds, graph, sampler, model, feats,
+                          state.params, stream.items)
+        t_loop += time.perf_counter() - t_eval
+        ev = {k: round(v, 6) for k, v in ev.items() if k in CURVE_KEYS}
+        writer.write(step, ev, prefix='eval/')
+        history.append(dict(step=step, epoch=round(step / spe, 3), **ev))
+        logging.info('step %d eval %s', step, ev)
       if budget_s and train_s > budget_s:
         logging.info('budget reached at step %d', step)
         break
@@ -509,6 +574,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
       train_s=round(train_s, 3), step_s=round(train_s / max(steps_run, 1), 5),
       seeds_per_s=round(steps_run * b / max(train_s, 1e-9), 1),
       data_s=round(data_s, 3), loss=last_loss, loss_curve=losses,
+      history=history,
       graph=graph.summary(), compilations=step_fn._cache_size(),
       **{k: round(v, 6) if isinstance(v, float) else v
          for k, v in final.items()})

@@ -72,6 +72,10 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   if config.graph.get('num_hard_negatives', 0):
     raise ValueError('graph.num_hard_negatives needs random-walk ranks over '
                      'the whole graph; set it to 0 to train from shards')
+  if config.train.get('eval_every_epochs', 0):
+    raise ValueError('train.eval_every_epochs: a process holds only its '
+                     'partitions, so the sharded trainer does not evaluate; '
+                     'set it to 0')
   os.makedirs(workdir, exist_ok=True)
   pi, pc = jax.process_index(), jax.process_count()
   if pi == 0:
