@@ -10,9 +10,10 @@ value (one positive fan-out per hop) is one evaluation; each prints a JSON
 line with recall@20, ndcg@20, coverage@20 (and the cold-start slices on the
 marketplace), the checkpoint's step and eval_s. Each evaluation goes
 through gnn_trainer.train_and_evaluate(mode='eval'), so each reloads the
-data and the checkpoint: simple, at the cost of that load per fan-out. config.json is left as
-training wrote it; the figures also go to the workdir's metrics under
-'eval@AxB/' (the fan-outs), apart from training's own 'eval/' rows.
+data and the checkpoint: simple, at the cost of that load per fan-out.
+config.json is left as training wrote it; the figures also go to the
+workdir's metrics under 'eval@AxB/' (the fan-outs), apart from training's
+own 'eval/' rows.
 """
 
 import json
