@@ -42,6 +42,8 @@ def get_config(model: str = 'graphsage'):
   # Hide a node's id with this probability in training, so content and
   # neighbours alone must embed it: what unseen (cold) nodes rely on.
   c.model.id_dropout = 0.2
+  # Dropout on every layer's inputs in training (GraphSAGE's regulariser).
+  c.model.dropout = 0.0
   # Add each seed's input embedding to the last layer's output.
   c.model.residual = False
 

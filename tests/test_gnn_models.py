@@ -79,6 +79,47 @@ def test_residual_adds_each_seeds_input_embedding(market):
       rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('kind', ['graphsage', 'gat'])
+def test_dropout_acts_in_training_only(market, kind):
+  g = NodeGraph.from_dataset(market)
+  feats = node_features(g, market)
+  s = samplers.NeighborSampler(g, (4, 3))
+  seeds = np.r_[g.ids('user', np.arange(4)), g.ids('item', np.arange(3))]
+  block = s.sample(seeds, np.random.default_rng(0)).as_dict()
+  plain = _model(kind, g, feats, s.num_relations, normalize=False)
+  params = {'params': plain.init(jax.random.key(0), block, feats)['params']}
+  drop = plain.clone(dropout=0.5)            # no parameters of its own
+
+  def run(model, train, key):
+    return np.asarray(model.apply(params, block, feats, train=train,
+                                  rngs={'dropout': jax.random.key(key)}))
+  # Evaluation ignores it; without it training is deterministic.
+  np.testing.assert_allclose(run(drop, False, 1), run(plain, False, 1),
+                             rtol=1e-6)
+  np.testing.assert_allclose(run(plain, True, 1), run(plain, True, 2),
+                             rtol=1e-6)
+  # In training each rng drops different inputs.
+  a, b = run(drop, True, 1), run(drop, True, 2)
+  assert np.abs(a - b).max() > 1e-3
+  assert np.abs(a - run(plain, True, 1)).max() > 1e-3
+  np.testing.assert_allclose(a, run(drop, True, 1), rtol=1e-6)
+
+
+def test_dropout_keeps_the_expectation():
+  from recjax.models.gnn import dropout
+  x = jnp.ones((1000, 63))                   # not a multiple of 4 values
+  for rate in (0.1, 0.5, 0.9):
+    y = np.asarray(dropout(x, rate, jax.random.key(0)))
+    assert y.shape == x.shape and np.isfinite(y).all()
+    assert abs((y == 0).mean() - rate) < 0.01
+    assert abs(y.mean() - 1.0) < 0.03
+    assert np.unique(y[y != 0]).size == 1
+  np.testing.assert_array_equal(np.asarray(dropout(x, 0.001, jax.random.key(
+      0))), np.asarray(x))                   # rounds to no dropout
+  y = np.asarray(dropout(x, 0.9999, jax.random.key(0)))
+  assert np.isfinite(y).all() and (y == 0).mean() > 0.99
+
+
 def test_in_batch_negatives_add_the_other_pairs_items():
   import ml_collections
   from recjax.train import gnn_trainer
@@ -479,6 +520,11 @@ def test_id_dropout_is_checked():
     c = ml_collections.ConfigDict(dict(model=dict(id_dropout=bad)))
     with pytest.raises(ValueError, match=rf'model.id_dropout={bad}'):
       gnn_trainer.build_model(c, None, {}, None)
+  for bad in (1.0, -0.1, 'x'):
+    c = ml_collections.ConfigDict(dict(model=dict(id_dropout=0.0,
+                                                  dropout=bad)))
+    with pytest.raises(ValueError, match=rf"model.dropout={bad!r}"):
+      gnn_trainer.build_model(c, None, {}, None)
   # So is the activation, before any data or model is built.
   for name, act in (('graphsage', 'Relu'), ('gat', 'linear')):
     c = ml_collections.ConfigDict(dict(model=dict(
@@ -563,12 +609,10 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
                          text=True, timeout=600, env=helpers.env_with())
   assert again.returncode != 0
   assert 'holds checkpoints of an earlier run' in again.stderr
-  # A probability outside [0, 1) is named before any data is read.
-  bad = subprocess.run(cmd[:-1] + ['--id_dropout=1.5'], cwd=helpers.REPO,
-                       capture_output=True, text=True, timeout=600,
-                       env=helpers.env_with())
-  assert bad.returncode != 0 and '--id_dropout=1.5' in bad.stderr
-  for flag in ('--weight_decay=-1', '--logq_weight=-1', '--output_l2=nan',
+  # A value out of range (e.g. a probability outside [0, 1)) is named
+  # before any data is read.
+  for flag in ('--id_dropout=1.5', '--dropout=1.0', '--dropout=-0.1',
+               '--weight_decay=-1', '--logq_weight=-1', '--output_l2=nan',
                '--output_l2=-1', '--id_l2=-1', '--eval_every_epochs=-1'):
     bad = subprocess.run(cmd[:-1] + [flag], cwd=helpers.REPO,
                          capture_output=True, text=True, timeout=600,
@@ -594,7 +638,7 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   assert (got['loss'], got['margin'], got['negative_weight']) == (
       'ccl', 0.5, 10.0)
   # LightGCN reads neither sampled-model option: refused, not ignored.
-  for flag in ('--residual', '--output_l2=0.1'):
+  for flag in ('--residual', '--output_l2=0.1', '--dropout=0.1'):
     bad = subprocess.run(
         [sys.executable, 'tools/bench_gnn.py', '--model=lightgcn',
          f'--data={tmp_path}', flag], cwd=helpers.REPO,

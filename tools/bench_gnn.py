@@ -66,6 +66,9 @@ _RESIDUAL = flags.DEFINE_bool(
 _ACTIVATION = flags.DEFINE_enum(
     'activation', None, ('relu', 'linear'), 'graphsage, pinsage: between '
     'layers. Default: config (relu).')
+_DROPOUT = flags.DEFINE_float(
+    'dropout', None, "Sampled models: training-time dropout on every "
+    "layer's inputs, in [0, 1). Default: config (0).")
 _LOGQ_WEIGHT = flags.DEFINE_float(
     'logq_weight', None, 'With --in_batch_negatives: the multiple of the '
     'logQ correction applied, >= 0 (below 1 keeps part of the popularity '
@@ -123,7 +126,7 @@ def _config():
       raise app.UsageError('--id_dropout: lightgcn has no content path, so '
                            'it never hides ids')
     for flag in (_IN_BATCH, _RESIDUAL, _LOGQ_WEIGHT, _OUTPUT_L2,
-                 _ACTIVATION, _ID_L2):
+                 _ACTIVATION, _ID_L2, _DROPOUT):
       if flag.value is not None:
         raise app.UsageError(f'--{flag.name}: a sampled-model option; '
                              'lightgcn does not read it (its L2 on the id '
@@ -141,9 +144,10 @@ def _config():
       c.graph.fanouts = tuple(int(f) for f in _FANOUTS.value)
     if _EVAL_FANOUTS.value:
       c.graph.eval_fanouts = tuple(int(f) for f in _EVAL_FANOUTS.value)
-  if _ID_DROPOUT.value is not None and not 0 <= _ID_DROPOUT.value < 1:
-    raise app.UsageError(f'--id_dropout={_ID_DROPOUT.value}: want a '
-                         'probability in [0, 1)')
+  for flag in (_ID_DROPOUT, _DROPOUT):
+    if flag.value is not None and not 0 <= flag.value < 1:
+      raise app.UsageError(f'--{flag.name}={flag.value}: want a '
+                           'probability in [0, 1)')
   if _WEIGHT_DECAY.value is not None:
     if not (math.isfinite(_WEIGHT_DECAY.value) and _WEIGHT_DECAY.value >= 0):
       raise app.UsageError(f'--weight_decay={_WEIGHT_DECAY.value}: want a '
@@ -180,6 +184,7 @@ def _config():
                            (_IN_BATCH, c.loss, 'in_batch_negatives'),
                            (_RESIDUAL, c.model, 'residual'),
                            (_ACTIVATION, c.model, 'activation'),
+                           (_DROPOUT, c.model, 'dropout'),
                            (_LOGQ_WEIGHT, c.loss, 'logq_weight'),
                            (_OUTPUT_L2, c.loss, 'output_l2'),
                            (_ID_L2, c.loss, 'id_l2'),
@@ -236,6 +241,7 @@ def main(argv):
       in_batch_negatives=c.loss.get('in_batch_negatives'),
       residual=c.model.get('residual'),
       activation=c.model.get('activation'),
+      dropout=c.model.get('dropout'),
       logq_weight=c.loss.get('logq_weight'),
       output_l2=c.loss.get('output_l2'),
       id_l2=c.loss.get('id_l2'),

@@ -43,6 +43,25 @@ def segment_softmax(logits: jax.Array, mask: jax.Array, seg: jax.Array,
   return e / jnp.maximum(den[seg], 1e-9)
 
 
+def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+  """Inverted dropout of x [...] at `rate` rounded to a multiple of 1/256
+  (at most 255/256).
+
+  Each kept value is scaled by 1 / (1 - the rounded rate), so the
+  expectation is x. The mask comes from 8-bit uniforms, four per 32-bit
+  random word: on CPU nn.Dropout's random bits made a gowalla GraphSAGE
+  step 0.31 s against 0.18 s without dropout; with these it is 0.20 s.
+  """
+  cut = min(round(rate * 256), 255)
+  if cut <= 0:
+    return x
+  n = x.size
+  words = jax.random.bits(rng, (-(-n // 4),), jnp.uint32)
+  u8 = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:n]
+  keep = u8.reshape(x.shape) >= cut
+  return jnp.where(keep, x * (256.0 / (256 - cut)), 0.0).astype(x.dtype)
+
+
 class NodeEncoder(nn.Module):
   """Input features of nodes: id (or 'unknown') + type + item content.
 
@@ -266,6 +285,9 @@ class SampledGNN(nn.Module):
       layer's output, so its id row reaches the score directly, as in
       LightGCN's sum over layers.
     activation: 'relu' or 'linear' between layers (graphsage, pinsage).
+    dropout: training-time dropout on every layer's inputs (the node's own
+      representation and its children's), as in GraphSAGE's reference
+      code; NGCF's message dropout regularises the same way.
   """
   kind: str
   encoder: NodeEncoder
@@ -277,6 +299,7 @@ class SampledGNN(nn.Module):
   normalize: bool = True
   residual: bool = False
   activation: str = 'relu'
+  dropout: float = 0.0
 
   def _layer(self, k: int) -> nn.Module:
     d, last = self.encoder.embed_dim, k == self.num_layers - 1
@@ -307,7 +330,7 @@ class SampledGNN(nn.Module):
     Args:
       block: a Block's arrays (`Block.as_dict`), L + 1 levels.
       feats: node features (NodeEncoder).
-      train: dropout and id dropout on.
+      train: dropout and id dropout on (the 'dropout' rng).
       history: optional historical embeddings (recjax.graph.cache) for
         nodes whose own neighbourhood is not in the block (halo nodes of
         another partition): 'values' per level l >= 1 a [L - 1, n_l, D]
@@ -327,6 +350,8 @@ class SampledGNN(nn.Module):
     hidden = []
     for k in range(self.num_layers):
       layer = self._layer(k)
+      if train and self.dropout > 0:
+        h = [dropout(x, self.dropout, self.make_rng('dropout')) for x in h]
       h = [layer(h[l], h[l + 1], block['rel'][l + 1],
                  block['weight'][l + 1], block['dt'][l + 1])
            for l in range(len(h) - 1)]

@@ -109,13 +109,23 @@ def check_activation(config) -> str:
   return activation
 
 
+def check_dropouts(config) -> float:
+  """Checks model.id_dropout and model.dropout (default 0), probabilities
+  in [0, 1); returns model.dropout. Raises ValueError naming the field."""
+  m = config.model
+  for key in ('id_dropout', 'dropout'):
+    p = m.get(key, 0.0)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (
+        0.0 <= p < 1.0):
+      raise ValueError(f'model.{key}={p!r}: want a probability in [0, 1)')
+  return float(m.get('dropout', 0.0))
+
+
 def build_model(config, graph: NodeGraph, feats: dict, sampler,
                 pad_to: int = 128, sizes: dict | None = None) -> SampledGNN:
   """The configured SampledGNN; `sizes` (content_sizes) default to feats'."""
   m = config.model
-  if not 0.0 <= m.id_dropout < 1.0:
-    raise ValueError(f'model.id_dropout={m.id_dropout!r}: want a '
-                     'probability in [0, 1)')
+  dropout = check_dropouts(config)
   activation = check_activation(config)
   sizes = sizes or content_sizes(feats)
   enc = NodeEncoder(
@@ -128,7 +138,7 @@ def build_model(config, graph: NodeGraph, feats: dict, sampler,
                     aggregator=m.aggregator, combine=m.combine, heads=m.heads,
                     normalize=config.loss.get('normalize', True),
                     residual=bool(m.get('residual', False)),
-                    activation=activation)
+                    activation=activation, dropout=float(dropout))
 
 
 class PairStream:
