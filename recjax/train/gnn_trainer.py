@@ -138,7 +138,7 @@ def build_model(config, graph: NodeGraph, feats: dict, sampler,
                     aggregator=m.aggregator, combine=m.combine, heads=m.heads,
                     normalize=config.loss.get('normalize', True),
                     residual=bool(m.get('residual', False)),
-                    activation=activation, dropout=float(dropout))
+                    activation=activation, dropout=dropout)
 
 
 class PairStream:
@@ -528,8 +528,14 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
   # learning curve, as the LightGCN trainer records it. Its time is not
   # training time.
   eval_every, history = every * spe, []
-  # One Embedder (one compiled embedding function) for every evaluation.
+  # Built once for every evaluation of the run: the Embedder (one compiled
+  # embedding function) and the sampler. Wider neighbourhoods at inference
+  # (graph.eval_fanouts) average out more of the sampling noise; the layers
+  # are mean-like, so they carry over. (PinSAGE's sampler walks the whole
+  # graph when built.)
   embed = Embedder(model, feats, config.eval.embed_chunk, config.seed)
+  wide = eval_fanouts(config)
+  eval_sampler = make_sampler(config, graph, wide) if wide else sampler
   if mode == 'train' and step < total:
     bar = tqdm.tqdm(total=total, initial=step, desc='train', unit='step',
                     disable=not config.train.progress or
@@ -549,7 +555,7 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
         jax.block_until_ready(state)     # this step's compute is training
         t_eval = time.perf_counter()
         train_s = t_eval - t_loop
-        ev = evaluate_all(config, ds, graph, sampler, model, feats,
+        ev = evaluate_all(config, ds, graph, eval_sampler, model, feats,
                           state.params, stream.items, embed)
         t_loop += time.perf_counter() - t_eval
         ev = {k: round(v, 6) for k, v in ev.items() if k in CURVE_KEYS}
@@ -568,8 +574,8 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
 
   # ------------------------------------------------------------ evaluation
   t_eval = time.perf_counter()
-  final = evaluate_all(config, ds, graph, sampler, model, feats, state.params,
-                       stream.items, embed)
+  final = evaluate_all(config, ds, graph, eval_sampler, model, feats,
+                       state.params, stream.items, embed)
   final['eval_s'] = time.perf_counter() - t_eval
   # A re-evaluation (mode 'eval') is labelled with its fan-outs, so it is
   # not mistaken for the training run's own figures at the same step.
@@ -593,23 +599,15 @@ def train_and_evaluate(config: Any, workdir: str, mode: str = 'train') -> dict:
 
 
 def evaluate_all(config, ds: Dataset, graph: NodeGraph, sampler, model,
-                 feats, params, train_items,
-                 embed: Embedder | None = None) -> dict:
-  """Warm full ranking, popularity, cold users (fold-in) and cold items.
-  `embed` (default: a new Embedder) lets repeated evaluations share one
-  compiled embedding function.
+                 feats, params, train_items, embed: Embedder) -> dict:
+  """Warm full ranking, popularity, cold users (fold-in) and cold items,
+  with the evaluation `sampler` (graph.eval_fanouts) and `embed`, both
+  shared by every evaluation of a run.
 
   Popularity counts `train_items` (the training pairs' items, as the
   LightGCN trainer does), so both trainers report the same baseline.
   """
   ks = tuple(config.eval.ks)
-  # Wider neighbourhoods at inference (graph.eval_fanouts) average out more
-  # of the sampling noise; the layers are mean-like, so they carry over.
-  wide = eval_fanouts(config)
-  if wide:
-    sampler = make_sampler(config, graph, wide)
-  embed = embed or Embedder(model, feats, config.eval.embed_chunk,
-                            config.seed)
   now = int(ds.train.timestamp.max()) + 1
   tq = now if isinstance(sampler, samplers_lib.TemporalSampler) else None
   users = embed(params, sampler, graph.ids('user', np.arange(ds.num_users)),
@@ -635,7 +633,7 @@ def evaluate_all(config, ds: Dataset, graph: NodeGraph, sampler, model,
     # Fold-in: the cold users' revealed edges join the graph; no retraining.
     r = cs.revealed
     g2 = graph.with_edges(r.user, r.item, r.event, r.timestamp)
-    s2 = make_sampler(config, g2, wide)
+    s2 = make_sampler(config, g2, eval_fanouts(config))
     cold = cs.revealed_users
     tq2 = None
     if tq is not None:
