@@ -618,6 +618,16 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
                          capture_output=True, text=True, timeout=600,
                          env=helpers.env_with())
     assert bad.returncode != 0 and flag in bad.stderr
+  # Hard negatives come from PinSAGE's random-walk ranks: another model
+  # refuses them rather than ignoring them, and a count below 0 is named.
+  for args, msg in ((['--num_hard_negatives=1'],
+                     '--num_hard_negatives: a pinsage option'),
+                    (['--model=pinsage', '--num_hard_negatives=-1'],
+                     '--num_hard_negatives=-1: want >= 0')):
+    bad = subprocess.run(cmd[:-1] + args, cwd=helpers.REPO,
+                         capture_output=True, text=True, timeout=600,
+                         env=helpers.env_with())
+    assert bad.returncode != 0 and msg in bad.stderr, bad.stderr[-2000:]
   # CCL with the softmax-only options of cmd: refused, naming them; alone it
   # trains and the settings say so.
   bad = subprocess.run(cmd[:-1] + ['--loss=ccl'], cwd=helpers.REPO,

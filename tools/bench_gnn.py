@@ -89,6 +89,11 @@ _NEG_WEIGHT = flags.DEFINE_float('negative_weight', None, 'ccl: weight of '
                                  "the negatives' mean hinge. Default: config.")
 _NEG = flags.DEFINE_integer('num_negatives', None, 'Shared negatives per '
                             'batch. Default: config.')
+_HARD = flags.DEFINE_integer(
+    'num_hard_negatives', None, 'pinsage: hard negatives per pair from '
+    'random-walk ranks (the curriculum adds one per epoch up to this), >= 0; '
+    '0 trains on the shared and in-batch negatives alone. Default: config '
+    '(2).')
 _LR = flags.DEFINE_float('lr', None, 'Peak learning rate. Default: config.')
 _WEIGHT_DECAY = flags.DEFINE_float(
     'weight_decay', None, 'AdamW decoupled weight decay (switches the '
@@ -144,6 +149,14 @@ def _config():
       c.graph.fanouts = tuple(int(f) for f in _FANOUTS.value)
     if _EVAL_FANOUTS.value:
       c.graph.eval_fanouts = tuple(int(f) for f in _EVAL_FANOUTS.value)
+  if _HARD.value is not None:
+    if _MODEL.value != 'pinsage':
+      raise app.UsageError(f'--num_hard_negatives: a pinsage option (hard '
+                           f'negatives come from its random-walk ranks); '
+                           f'--model={_MODEL.value} draws none')
+    if _HARD.value < 0:
+      raise app.UsageError(f'--num_hard_negatives={_HARD.value}: want >= 0')
+    c.graph.num_hard_negatives = _HARD.value
   for flag in (_ID_DROPOUT, _DROPOUT):
     if flag.value is not None and not 0 <= flag.value < 1:
       raise app.UsageError(f'--{flag.name}={flag.value}: want a '
@@ -254,6 +267,8 @@ def main(argv):
       budget_minutes=_BUDGET.value, num_epochs=c.train.num_epochs,
       fanouts=list(c.graph.fanouts) if 'graph' in c else None,
       eval_fanouts=list(c.graph.eval_fanouts or ()) or None
+      if 'graph' in c else None,
+      num_hard_negatives=c.graph.get('num_hard_negatives')
       if 'graph' in c else None,
       marketplace=c.data.marketplace.to_dict())
   out['peak_rss_mb'] = round(
