@@ -51,6 +51,9 @@ def get_config(model: str = 'graphsage'):
   c.graph.sampler = ''            # '' = the model's own (see gnn_trainer)
   c.graph.fanouts = (10, 5)       # per hop; the model gets one layer each
   c.graph.eval_fanouts = ()       # at evaluation; () = the same
+  # graphsage (mean): 'uniform' | 'symmetric' (LightGCN's normalisation
+  # 1 / sqrt(d_parent d_child), estimated: see samplers.NeighborSampler).
+  c.graph.neighbor_weight = 'uniform'
   c.graph.num_walks = 32          # pinsage: walks per node
   c.graph.walk_length = 3
   c.graph.temporal_strategy = 'recent'   # tgat: 'recent' | 'uniform'

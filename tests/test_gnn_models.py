@@ -545,7 +545,8 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
          f'--data={tmp_path}', '--steps=17', '--batch_size=64',
          '--fanouts=3,2', '--embed_dim=8', '--nonormalize',
          '--temperature=1', '--id_dropout=0', '--in_batch_negatives',
-         '--residual', '--weight_decay=0.01', '--logq_weight=0.5',
+         '--residual', '--neighbor_weight=symmetric', '--weight_decay=0.01',
+         '--logq_weight=0.5',
          '--output_l2=0.01', '--id_l2=0.02', '--eval_every_epochs=1',
          f'--workdir={tmp_path / "run"}']
   proc = subprocess.run(cmd, cwd=helpers.REPO, capture_output=True,
@@ -576,6 +577,7 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   assert out['settings']['id_dropout'] == 0
   assert out['settings']['in_batch_negatives'] is True
   assert out['settings']['residual'] is True
+  assert out['settings']['neighbor_weight'] == 'symmetric'
   assert out['settings']['optimizer'] == 'adamw'
   assert out['settings']['weight_decay'] == 0.01
   assert out['settings']['logq_weight'] == 0.5
@@ -623,7 +625,10 @@ def test_bench_gnn_reads_lightgcn_txt(tmp_path):
   for args, msg in ((['--num_hard_negatives=1'],
                      '--num_hard_negatives: a pinsage option'),
                     (['--model=pinsage', '--num_hard_negatives=-1'],
-                     '--num_hard_negatives=-1: want >= 0')):
+                     '--num_hard_negatives=-1: want >= 0'),
+                    # and only GraphSAGE's mean reads neighbour weights.
+                    (['--model=gat'], '--neighbor_weight=symmetric: only '
+                     'graphsage')):
     bad = subprocess.run(cmd[:-1] + args, cwd=helpers.REPO,
                          capture_output=True, text=True, timeout=600,
                          env=helpers.env_with())

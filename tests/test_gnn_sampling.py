@@ -95,6 +95,42 @@ def test_uniform_neighbors_are_real_edges_and_exclude_target():
   assert set(kids[1][kids[1] >= 0]) <= {0, 1}
 
 
+def test_symmetric_sampling_estimates_lightgcn_normalisation(market):
+  g = NodeGraph.from_dataset(market)
+  d = g.degrees().astype(np.float64)
+  seeds = np.r_[np.flatnonzero(d > 0)[:40], -1]
+  s = samplers.NeighborSampler(g, (64,), weighting='symmetric')
+  b = s.sample(seeds, np.random.default_rng(0))
+  kids, w = b.ids[1].reshape(len(seeds), 64), b.weight[1].reshape(-1, 64)
+  ok = kids >= 0
+  assert not ok[-1].any() and (w[~ok] == 0).all() and ok[:-1].all()
+  # Children are real edges of their parent.
+  for i, row in zip(seeds[:-1], kids[:-1]):
+    assert set(row) <= set(g.dst[g.indptr[i]:g.indptr[i + 1]])
+  # The mean over sampled children of w_j x_j estimates LightGCN's
+  # sum_{j in N(i)} x_j / sqrt(d_i d_j) (x: any per-node value).
+  x = np.random.default_rng(1).random(g.num_nodes)
+  est, draws = np.zeros(len(seeds) - 1), 200
+  for r in range(draws):
+    b = s.sample(seeds, np.random.default_rng(r))
+    k = b.ids[1].reshape(len(seeds), 64)[:-1]
+    est += (b.weight[1].reshape(-1, 64)[:-1] * x[k]).mean(1)
+  exact = np.array([
+      sum(x[j] / np.sqrt(d[i] * d[j])
+          for j in g.dst[g.indptr[i]:g.indptr[i + 1]]) for i in seeds[:-1]])
+  np.testing.assert_allclose(est / draws, exact, rtol=0.02)
+  # Popular children are drawn less often than uniform draws would.
+  deg_sym = d[kids[:-1]].mean()
+  deg_uni = d[samplers.NeighborSampler(g, (64,)).sample(
+      seeds, np.random.default_rng(0)).ids[1].reshape(-1, 64)[:-1]].mean()
+  assert deg_sym < 0.9 * deg_uni
+  # Uniform weights are 1 on real children; a bad name is refused.
+  u = samplers.NeighborSampler(g, (8,)).sample(seeds, np.random.default_rng(0))
+  assert set(np.unique(u.weight[1])) <= {0.0, 1.0}
+  with pytest.raises(ValueError, match="weighting='degree'"):
+    samplers.NeighborSampler(g, (8,), weighting='degree')
+
+
 def test_temporal_sampler_never_sees_the_future(market):
   g = NodeGraph.from_dataset(market)
   rng = np.random.default_rng(3)

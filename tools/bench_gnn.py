@@ -46,6 +46,10 @@ _FANOUTS = flags.DEFINE_list('fanouts', None, 'Per-hop fan-outs.')
 _EVAL_FANOUTS = flags.DEFINE_list(
     'eval_fanouts', None, 'Per-hop fan-outs at evaluation (wider '
     'neighbourhoods, less sampling noise). Default: the training ones.')
+_NEIGHBOR_WEIGHT = flags.DEFINE_enum(
+    'neighbor_weight', None, ['uniform', 'symmetric'], 'graphsage (mean '
+    "aggregator): uniform means, or symmetric, LightGCN's normalisation "
+    '1 / sqrt(d_parent d_child) (graph.neighbor_weight). Default: uniform.')
 _DIM = flags.DEFINE_integer('embed_dim', None, 'Default: config.')
 _ID_DROPOUT = flags.DEFINE_float(
     'id_dropout', None, 'Training-time probability of hiding a node id '
@@ -149,6 +153,8 @@ def _config():
       c.graph.fanouts = tuple(int(f) for f in _FANOUTS.value)
     if _EVAL_FANOUTS.value:
       c.graph.eval_fanouts = tuple(int(f) for f in _EVAL_FANOUTS.value)
+    if _NEIGHBOR_WEIGHT.value is not None:
+      c.graph.neighbor_weight = _NEIGHBOR_WEIGHT.value
   if _HARD.value is not None:
     if _MODEL.value != 'pinsage':
       raise app.UsageError(f'--num_hard_negatives: a pinsage option (hard '
@@ -157,6 +163,12 @@ def _config():
     if _HARD.value < 0:
       raise app.UsageError(f'--num_hard_negatives={_HARD.value}: want >= 0')
     c.graph.num_hard_negatives = _HARD.value
+  if _NEIGHBOR_WEIGHT.value is not None and (
+      _MODEL.value == 'lightgcn' or _NEIGHBOR_WEIGHT.value != 'uniform' and (
+          _MODEL.value != 'graphsage' or c.model.aggregator != 'mean')):
+    raise app.UsageError(f'--neighbor_weight={_NEIGHBOR_WEIGHT.value}: only '
+                         'graphsage (mean aggregator) reads neighbour '
+                         f'weights; --model={_MODEL.value} does not')
   for flag in (_ID_DROPOUT, _DROPOUT):
     if flag.value is not None and not 0 <= flag.value < 1:
       raise app.UsageError(f'--{flag.name}={flag.value}: want a '
@@ -269,6 +281,8 @@ def main(argv):
       eval_fanouts=list(c.graph.eval_fanouts or ()) or None
       if 'graph' in c else None,
       num_hard_negatives=c.graph.get('num_hard_negatives')
+      if 'graph' in c else None,
+      neighbor_weight=c.graph.get('neighbor_weight')
       if 'graph' in c else None,
       marketplace=c.data.marketplace.to_dict())
   out['peak_rss_mb'] = round(

@@ -111,22 +111,61 @@ class _Sampler:
 
 
 class NeighborSampler(_Sampler):
-  """Uniform fan-out sampling with replacement over every relation."""
+  """Fan-out sampling with replacement over every relation.
+
+  `weighting` 'uniform': children drawn uniformly, weight 1 (GraphSAGE's
+  mean). 'symmetric': LightGCN's normalisation, sum_{j in N(i)} h_j /
+  sqrt(d_i d_j) over all d_i neighbours, estimated from f samples: child j
+  is drawn with probability proportional to 1 / sqrt(d_j), and every child
+  of i gets weight c_i = sum_{j in N(i)} d_j^-1/2 / sqrt(d_i), so the mean
+  over the f children of c_i h_j is an unbiased estimate of it. Drawing
+  by the weight, rather than uniformly with per-child weights
+  sqrt(d_i / d_j) (up to 30x apart on gowalla), keeps the estimate's
+  variance near the uniform mean's. Degrees are the training graph's.
+  (On gowalla GraphSAGE it trained no better than 'uniform': see README.)
+  """
+
+  WEIGHTINGS = ('uniform', 'symmetric')
+
+  def __init__(self, graph: NodeGraph, fanouts: Sequence[int],
+               weighting: str = 'uniform'):
+    super().__init__(graph, fanouts)
+    if weighting not in self.WEIGHTINGS:
+      raise ValueError(f'weighting={weighting!r}: want one of '
+                       f'{list(self.WEIGHTINGS)}')
+    self.weighting = weighting
+    if weighting == 'symmetric':
+      deg = graph.degrees().astype(np.float64)
+      inv = 1.0 / np.sqrt(np.maximum(deg[graph.dst], 1.0))     # per edge
+      self._cum = np.concatenate([[0.0], np.cumsum(inv)])       # [E + 1]
+      total = self._cum[graph.indptr[1:]] - self._cum[graph.indptr[:-1]]
+      self._scale = (total / np.sqrt(np.maximum(deg, 1.0))).astype(
+          np.float32)                                           # c_i [N]
 
   def _hop(self, nodes, times, fanout, rng):
     g = self.graph
     safe = np.maximum(nodes, 0)
     start, deg = g.indptr[safe], g.indptr[safe + 1] - g.indptr[safe]
     deg = np.where(nodes >= 0, deg, 0)
-    pick = start[:, None] + (rng.random((len(nodes), fanout))
-                             * deg[:, None]).astype(np.int64)
+    u = rng.random((len(nodes), fanout))
     ok = deg[:, None] > 0
-    pick = np.where(ok, pick, 0)
     if g.num_edges == 0:
-      return (np.full(pick.shape, -1), np.zeros(pick.shape), np.zeros(
-          pick.shape), np.zeros(pick.shape, np.int64))
-    return (np.where(ok, g.dst[pick], -1), g.rel[pick],
-            np.ones(pick.shape, np.float32), g.time[pick])
+      return (np.full(u.shape, -1), np.zeros(u.shape), np.zeros(u.shape),
+              np.zeros(u.shape, np.int64))
+    if self.weighting == 'symmetric':
+      # Inverse-CDF draw inside each parent's slice of the edge list.
+      lo, hi = self._cum[start], self._cum[start + deg]
+      pick = np.searchsorted(self._cum, lo[:, None] + u * (hi - lo)[:, None],
+                             side='right') - 1
+      pick = np.clip(pick, start[:, None], start[:, None] + np.maximum(
+          deg[:, None] - 1, 0))
+      w = np.broadcast_to(self._scale[safe][:, None], u.shape)
+    else:
+      pick = start[:, None] + (u * deg[:, None]).astype(np.int64)
+      w = np.ones(u.shape, np.float32)
+    pick = np.where(ok, pick, 0)
+    child = np.where(ok, g.dst[pick], -1)
+    return child, g.rel[pick], w.astype(np.float32), g.time[pick]
 
 
 class TemporalSampler(_Sampler):

@@ -135,7 +135,9 @@ def _activation(name: str):
 
 class SAGELayer(nn.Module):
   """GraphSAGE: h' = act(W [h || agg(children)]) ('concat') or
-  act(W1 h + W2 agg) ('skip'); agg = 'mean' or 'pool' (max of a ReLU MLP);
+  act(W1 h + W2 agg) ('skip'); agg = 'mean' (sum_j w_j h_j over the valid
+  children / their count, w = the sampler's weights: 1, or the scale of
+  LightGCN's symmetric normalisation) or 'pool' (max of a ReLU MLP);
   act = ReLU, or the identity with activation 'linear' (the 'pool'
   aggregator's MLP keeps its ReLU)."""
   dim: int
@@ -155,7 +157,7 @@ class SAGELayer(nn.Module):
                               seg, n)
       m = jnp.where(jnp.isfinite(m), m, 0.0)
     elif self.aggregator == 'mean':
-      s = jax.ops.segment_sum(h_nb * mask[:, None], seg, n)
+      s = jax.ops.segment_sum(h_nb * weight[:, None], seg, n)
       m = s / jnp.maximum(jax.ops.segment_sum(mask, seg, n), 1.0)[:, None]
     else:
       raise ValueError(f"aggregator {self.aggregator!r}: 'mean' or 'pool'")

@@ -61,8 +61,15 @@ def make_sampler(config, graph: NodeGraph, fanouts=()):
   g = config.graph
   fanouts = tuple(fanouts or g.fanouts)
   kind = g.sampler or DEFAULT_SAMPLER.get(config.model.name)
+  weighting = g.get('neighbor_weight', 'uniform')
+  if weighting != 'uniform' and (
+      kind != 'uniform' or config.model.name != 'graphsage'
+      or config.model.aggregator != 'mean'):
+    raise ValueError(f'graph.neighbor_weight={weighting!r}: only graphsage '
+                     "with the 'mean' aggregator and the uniform sampler "
+                     "reads neighbour weights; use 'uniform'")
   if kind == 'uniform':
-    return samplers_lib.NeighborSampler(graph, fanouts)
+    return samplers_lib.NeighborSampler(graph, fanouts, weighting)
   if kind == 'random_walk':
     return samplers_lib.RandomWalkSampler(
         graph, fanouts, num_walks=g.num_walks, walk_length=g.walk_length,
