@@ -6,7 +6,9 @@ level l-1 at positions [j * f_l, (j + 1) * f_l) of level l. Missing
 neighbours are padding (id -1, weight 0). Shapes depend only on S and the
 fan-outs, so a training step compiles once.
 
-  NeighborSampler     uniform fan-out over all relations (GraphSAGE, GAT).
+  NeighborSampler     uniform fan-out over all relations (GraphSAGE, GAT),
+                      or draws and weights whose mean estimates LightGCN's
+                      symmetric normalisation (weighting='symmetric').
   RandomWalkSampler   top-T most visited nodes of short random walks, with
                       normalised visit counts as weights (PinSAGE); also the
                       walk-rank hard negatives of PinSAGE's curriculum.
