@@ -163,12 +163,15 @@ def _config():
     if _HARD.value < 0:
       raise app.UsageError(f'--num_hard_negatives={_HARD.value}: want >= 0')
     c.graph.num_hard_negatives = _HARD.value
-  if _NEIGHBOR_WEIGHT.value is not None and (
-      _MODEL.value == 'lightgcn' or _NEIGHBOR_WEIGHT.value != 'uniform' and (
-          _MODEL.value != 'graphsage' or c.model.aggregator != 'mean')):
-    raise app.UsageError(f'--neighbor_weight={_NEIGHBOR_WEIGHT.value}: only '
-                         'graphsage (mean aggregator) reads neighbour '
-                         f'weights; --model={_MODEL.value} does not')
+  if _NEIGHBOR_WEIGHT.value is not None:
+    if _MODEL.value == 'lightgcn':
+      raise app.UsageError('--neighbor_weight: lightgcn propagates over '
+                           'whole neighbourhoods, it samples none')
+    from recjax.train import gnn_trainer
+    try:
+      gnn_trainer.check_neighbor_weight(c, name='--neighbor_weight')
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
   for flag in (_ID_DROPOUT, _DROPOUT):
     if flag.value is not None and not 0 <= flag.value < 1:
       raise app.UsageError(f'--{flag.name}={flag.value}: want a '

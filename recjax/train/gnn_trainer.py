@@ -61,13 +61,7 @@ def make_sampler(config, graph: NodeGraph, fanouts=()):
   g = config.graph
   fanouts = tuple(fanouts or g.fanouts)
   kind = g.sampler or DEFAULT_SAMPLER.get(config.model.name)
-  weighting = g.get('neighbor_weight', 'uniform')
-  if weighting != 'uniform' and (
-      kind != 'uniform' or config.model.name != 'graphsage'
-      or config.model.aggregator != 'mean'):
-    raise ValueError(f'graph.neighbor_weight={weighting!r}: only graphsage '
-                     "with the 'mean' aggregator and the uniform sampler "
-                     "reads neighbour weights; use 'uniform'")
+  weighting = check_neighbor_weight(config)
   if kind == 'uniform':
     return samplers_lib.NeighborSampler(graph, fanouts, weighting)
   if kind == 'random_walk':
@@ -79,6 +73,21 @@ def make_sampler(config, graph: NodeGraph, fanouts=()):
                                         strategy=g.temporal_strategy)
   raise ValueError(f'graph.sampler={kind!r} is not one of uniform, '
                    'random_walk, temporal')
+
+
+def check_neighbor_weight(config, name: str = 'graph.neighbor_weight') -> str:
+  """graph.neighbor_weight (default 'uniform'), checked: anything else is
+  read only by graphsage's 'mean' aggregator over the uniform sampler.
+  Raises ValueError naming `name`."""
+  weighting = config.graph.get('neighbor_weight', 'uniform')
+  kind = config.graph.sampler or DEFAULT_SAMPLER.get(config.model.name)
+  if weighting != 'uniform' and (
+      kind != 'uniform' or config.model.name != 'graphsage'
+      or config.model.aggregator != 'mean'):
+    raise ValueError(f'{name}={weighting}: only graphsage with the mean '
+                     'aggregator and the uniform sampler reads neighbour '
+                     f"weights; model {config.model.name} does not")
+  return weighting
 
 
 def content_sizes(feats: dict) -> dict:
